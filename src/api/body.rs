@@ -1,0 +1,134 @@
+//! Request bodies in (bounded read, Content-Encoding decoded with the limit enforced while
+//! decoding, JSON parsed) and JSON responses out.
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Response;
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(JSON_CONTENT_TYPE));
+    resp
+}
+
+pub fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Reads the whole body: at most `max` bytes on the wire and `max` bytes after decoding.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    let encodings = content_encodings(headers)?;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if declared.and_then(|len| len.trim().parse::<u64>().ok()).is_some_and(|n| n > max as u64) {
+        return Err(ApiError::TooLarge(max));
+    }
+    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::TooLarge(max)
+            } else {
+                ApiError::InvalidRequest(format!("Could not read the request body: {e}"))
+            }
+        })?;
+    let mut bytes = collected.to_bytes().to_vec();
+    // Encodings are listed in the order they were applied: undo them from the last.
+    for enc in encodings.iter().rev() {
+        bytes = decode(enc, &bytes, max)?;
+    }
+    Ok(bytes)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Gzip,
+    Brotli,
+    Deflate,
+}
+
+fn content_encodings(headers: &HeaderMap) -> Result<Vec<Encoding>, ApiError> {
+    let mut out = Vec::new();
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().map_err(|_| {
+            ApiError::UnsupportedEncoding(String::from_utf8_lossy(value.as_bytes()).into())
+        })?;
+        for token in text.split(',').map(|t| t.trim().to_ascii_lowercase()) {
+            match token.as_str() {
+                "" | "identity" => {}
+                "gzip" | "x-gzip" => out.push(Encoding::Gzip),
+                "br" => out.push(Encoding::Brotli),
+                "deflate" => out.push(Encoding::Deflate),
+                _ => return Err(ApiError::UnsupportedEncoding(token)),
+            }
+        }
+    }
+    // Two layers are plenty for any client; more is a decompression bomb in layers.
+    if out.len() > 2 {
+        return Err(ApiError::UnsupportedEncoding(format!("{} stacked encodings", out.len())));
+    }
+    Ok(out)
+}
+
+/// Decodes at most `max` bytes; one more byte of output means the body is too large.
+fn decode(enc: &Encoding, input: &[u8], max: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    let limit = max as u64 + 1;
+    let result = match enc {
+        Encoding::Gzip => {
+            flate2::read::MultiGzDecoder::new(input).take(limit).read_to_end(&mut out)
+        }
+        Encoding::Brotli => {
+            brotli_decompressor::Decompressor::new(input, 4096).take(limit).read_to_end(&mut out)
+        }
+        Encoding::Deflate => {
+            // HTTP "deflate" is zlib-wrapped (RFC 9110); some clients send raw deflate.
+            let zlib = flate2::read::ZlibDecoder::new(input).take(limit).read_to_end(&mut out);
+            if zlib.is_err() {
+                out.clear();
+                flate2::read::DeflateDecoder::new(input).take(limit).read_to_end(&mut out)
+            } else {
+                zlib
+            }
+        }
+    };
+    result
+        .map_err(|e| ApiError::InvalidRequest(format!("Could not decode the request body: {e}")))?;
+    if out.len() > max {
+        return Err(ApiError::TooLarge(max));
+    }
+    Ok(out)
+}
+
+/// Parses a body that must be one JSON object.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidRequest(
+            "The request body must be a JSON object, but it is empty".into(),
+        ));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::InvalidRequest("The request body must be a JSON object".into())),
+        Err(e) => Err(ApiError::InvalidRequest(format!("The request body is not valid JSON: {e}"))),
+    }
+}

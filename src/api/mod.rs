@@ -1,0 +1,147 @@
+//! The HTTP API: an HTTP/1.1 accept loop (bounded connections, header and body timeouts,
+//! graceful shutdown) and the dispatch of each request to its route.
+
+mod body;
+mod error;
+mod routes;
+mod webhooks;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::{Limits, User};
+use crate::store::{Store, WebhookScope};
+pub use error::ApiError;
+use routes::{Query, Route};
+
+/// Apify's page size maximum.
+pub const LIST_LIMIT_MAX: u64 = 1000;
+/// Bytes hyper buffers for one request head.
+const HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Header lines per request.
+const HEADERS_MAX: usize = 100;
+
+/// What every request handler can reach.
+pub struct ApiState {
+    pub store: Store,
+    pub users: Vec<User>,
+    pub limits: Limits,
+}
+
+/// Serves `listener` until `shutdown` resolves, then lets open requests finish for up to
+/// `limits.shutdown_grace_ms`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(state.limits.connections_max));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(state.limits.header_read_timeout_ms))
+        .max_buf_size(HEAD_BYTES_MAX)
+        .max_headers(HEADERS_MAX)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    // Runs until shutdown: each pass takes a connection permit, then accepts.
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning or exiting.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_millis(state.limits.shutdown_grace_ms);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("open connections did not finish within the shutdown grace period");
+    }
+}
+
+/// Answers one request; errors become Apify error bodies.
+pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route(state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(
+    state: &ApiState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let Some(route) = Route::parse(parts.uri.path()) else {
+        return Err(ApiError::NotFound("There is no API endpoint at this URL".into()));
+    };
+    if !route.allowed().contains(&parts.method) {
+        return Err(ApiError::MethodNotAllowed(route.allowed_text()));
+    }
+    let user = routes::authenticate(&state.users, &parts.headers, &query)?;
+    let read_json = |body: Incoming| async {
+        let bytes = body::read_body(
+            &parts.headers,
+            body,
+            state.limits.body_bytes_max,
+            Duration::from_millis(state.limits.body_read_timeout_ms),
+        )
+        .await?;
+        body::json_object(&bytes)
+    };
+    match (route, &parts.method) {
+        (Route::Webhooks, &Method::GET) => {
+            webhooks::list(state, user, WebhookScope::All, &query).await
+        }
+        (Route::Webhooks, _) => webhooks::create(state, user, read_json(body).await?, None).await,
+        (Route::ScopedWebhooks(kind, id), &Method::GET) => {
+            webhooks::list(state, user, WebhookScope::Condition(kind, id), &query).await
+        }
+        (Route::ScopedWebhooks(kind, id), _) => {
+            webhooks::create(state, user, read_json(body).await?, Some((kind, id))).await
+        }
+        (Route::Webhook(id), &Method::GET) => webhooks::get(state, user, id).await,
+        (Route::Webhook(id), &Method::PUT) => {
+            webhooks::update(state, user, id, read_json(body).await?).await
+        }
+        (Route::Webhook(id), _) => webhooks::delete(state, user, id).await,
+    }
+}

@@ -1,0 +1,109 @@
+//! Wiring and the start-up and shutdown order; the only module that knows every other one.
+//!
+//! Start: data dir, users (or the generated admin token), store (repair if needed, writer
+//! thread), listener, then the ready line and `READY=1`. Shutdown on SIGTERM/SIGINT or a
+//! storage error: stop accepting, let open requests finish (bounded), `STOPPING=1`, let the
+//! writer commit what is queued, join it; the database closes when the last handle drops.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, User};
+use crate::sd_notify::notify;
+use crate::store::Store;
+
+/// The user created when the config lists none.
+pub const ADMIN_USER_ID: &str = "admin";
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const STORE_FILE: &str = "hookd.redb";
+const ADMIN_TOKEN_CHARS: usize = 40;
+
+/// Runs the daemon until a signal or a storage error. `Err` means exit non-zero.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let users = if config.users.is_empty() {
+        vec![admin_user(&config.data_dir)?]
+    } else {
+        config.users.clone()
+    };
+    let store_path = config.data_dir.join(STORE_FILE);
+    let (store, writer) =
+        Store::open(&store_path, config.limits.write_queue_max, config.limits.write_batch_max)
+            .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let local = listener.local_addr().context("reading the listen address")?;
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let fatal = store.fatal();
+    let shutdown = async move {
+        let reason = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM".to_string(),
+            _ = sigint.recv() => "SIGINT".to_string(),
+            m = fatal.wait() => format!("storage error: {m}"),
+        };
+        tracing::info!(%reason, "shutting down");
+        notify("STOPPING=1");
+    };
+
+    let state = Arc::new(ApiState { store: store.clone(), users, limits: config.limits.clone() });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready listen={local}").context("writing the ready line")?;
+        out.flush().context("writing the ready line")?;
+    }
+    notify("READY=1");
+    tracing::info!(listen = %local, store = %store_path.display(), "hookd is ready");
+
+    api::serve(listener, state, shutdown).await;
+    writer.close().await;
+    let fatal = store.fatal();
+    if fatal.is_failed() {
+        anyhow::bail!("stopped after a storage error: {}", fatal.wait().await);
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// The `admin` user, with its token from `data_dir/admin.token`, created (0600) on first start.
+fn admin_user(data_dir: &Path) -> anyhow::Result<User> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            tracing::info!(file = %path.display(), "no users configured: user admin authenticates with the token in the file");
+            t.trim().to_string()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut token = String::new();
+            while token.len() < ADMIN_TOKEN_CHARS {
+                token.push_str(&crate::sys::new_id().context("reading the random source")?);
+            }
+            token.truncate(ADMIN_TOKEN_CHARS);
+            write_private(&path, &token)
+                .with_context(|| format!("writing the admin token to {}", path.display()))?;
+            tracing::info!(file = %path.display(), "no users configured: created user admin; its token is in the file");
+            token
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the admin token {}", path.display()));
+        }
+    };
+    anyhow::ensure!(!token.is_empty(), "the admin token file {} is empty", path.display());
+    Ok(User { id: ADMIN_USER_ID.to_string(), token })
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -1,0 +1,458 @@
+//! Configuration: TOML file, then `HOOKD_*` environment overrides, validated into typed values.
+//! Pure: [`Config::load`] takes the file text and the environment as arguments.
+//! Every bound in the process lives in [`Limits`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error, naming the key (or environment variable) at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+/// One API user and the bearer token that authenticates as it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub id: String,
+    pub token: String,
+}
+
+impl fmt::Debug for User {
+    // Tokens never reach logs, not even through Debug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User").field("id", &self.id).field("token", &"<redacted>").finish()
+    }
+}
+
+/// How webhooks are delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// One call's deadline: connect, TLS, send and response.
+    pub timeout_ms: u64,
+    /// Waits before each retry; the number of entries is the number of retries.
+    pub retry_delays_ms: Vec<u64>,
+    /// Allow targets on loopback, private and other non-global addresses (tests, development).
+    pub allow_private_targets: bool,
+}
+
+/// Every bound in the process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open HTTP connections at once; further connections wait in the kernel's backlog.
+    pub connections_max: usize,
+    /// Request body size after decoding (Apify's limit is 9 MiB).
+    pub body_bytes_max: usize,
+    /// Time a client has to send the request head; also closes idle keep-alive connections.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send the request body.
+    pub body_read_timeout_ms: u64,
+    /// Write operations waiting for the writer thread; when full, writes answer 503.
+    pub write_queue_max: usize,
+    /// Write operations committed together in one transaction (one fsync).
+    pub write_batch_max: usize,
+    /// Bytes of one rendered payload or headers template.
+    pub template_output_bytes_max: usize,
+    /// Time open requests get to finish after SIGTERM before connections are dropped.
+    pub shutdown_grace_ms: u64,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub users: Vec<User>,
+    pub delivery: Delivery,
+    pub limits: Limits,
+}
+
+/// Apify's schedule: 60 s doubling, 11 retries.
+fn apify_retry_delays_ms() -> Vec<u64> {
+    (0..11).map(|i| 60_000u64 << i).collect()
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            users: Vec::new(),
+            delivery: Delivery {
+                timeout_ms: 120_000,
+                retry_delays_ms: apify_retry_delays_ms(),
+                allow_private_targets: false,
+            },
+            limits: Limits {
+                connections_max: 1024,
+                body_bytes_max: 9 * 1024 * 1024,
+                header_read_timeout_ms: 10_000,
+                body_read_timeout_ms: 30_000,
+                write_queue_max: 8192,
+                write_batch_max: 1000,
+                template_output_bytes_max: 4 * 1024 * 1024,
+                shutdown_grace_ms: 10_000,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<String>,
+    users: Option<Vec<User>>,
+    delivery: Option<RawDelivery>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    timeout_ms: Option<u64>,
+    retry_delays_ms: Option<Vec<u64>>,
+    allow_private_targets: Option<bool>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connections_max: Option<u64>,
+    body_bytes_max: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    write_queue_max: Option<u64>,
+    write_batch_max: Option<u64>,
+    template_output_bytes_max: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+const ENV_PREFIX: &str = "HOOKD_";
+/// A delay longer than this is surely a typo (30 days).
+const RETRY_DELAY_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
+const RETRIES_MAX: usize = 100;
+
+impl Config {
+    /// Reads the configuration from a TOML text (or none) and the `HOOKD_*` variables of `env`.
+    pub fn load(
+        file_text: Option<&str>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = match file_text {
+            Some(text) => toml::from_str(text).map_err(|e| err("file", e.to_string()))?,
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| err("file", e.to_string()))?;
+        Config::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let listen = match raw.listen {
+            Some(s) => s.parse().map_err(|_| {
+                err("listen", format!("{s:?} is not an address of the form HOST:PORT"))
+            })?,
+            None => d.listen,
+        };
+        let data_dir = match raw.data_dir {
+            Some(s) if s.is_empty() => return Err(err("data_dir", "must not be empty")),
+            Some(s) => PathBuf::from(s),
+            None => d.data_dir,
+        };
+        let users = raw.users.unwrap_or_default();
+        check_users(&users)?;
+        let rd = raw.delivery.unwrap_or_default();
+        let delivery = Delivery {
+            timeout_ms: positive("delivery.timeout_ms", rd.timeout_ms, d.delivery.timeout_ms)?,
+            retry_delays_ms: rd.retry_delays_ms.unwrap_or(d.delivery.retry_delays_ms),
+            allow_private_targets: rd
+                .allow_private_targets
+                .unwrap_or(d.delivery.allow_private_targets),
+        };
+        if delivery.retry_delays_ms.len() > RETRIES_MAX {
+            return Err(err(
+                "delivery.retry_delays_ms",
+                format!("has more than {RETRIES_MAX} entries"),
+            ));
+        }
+        if let Some(bad) = delivery.retry_delays_ms.iter().find(|&&ms| ms > RETRY_DELAY_MS_MAX) {
+            return Err(err(
+                "delivery.retry_delays_ms",
+                format!("{bad} is longer than {RETRY_DELAY_MS_MAX} ms (30 days)"),
+            ));
+        }
+        let rl = raw.limits.unwrap_or_default();
+        let dl = d.limits;
+        let size = |key: &str, v: Option<u64>, def: usize| -> Result<usize, ConfigError> {
+            let v = positive(key, v, def as u64)?;
+            usize::try_from(v).map_err(|_| err(key, "is too large"))
+        };
+        let limits = Limits {
+            connections_max: size(
+                "limits.connections_max",
+                rl.connections_max,
+                dl.connections_max,
+            )?,
+            body_bytes_max: size("limits.body_bytes_max", rl.body_bytes_max, dl.body_bytes_max)?,
+            header_read_timeout_ms: positive(
+                "limits.header_read_timeout_ms",
+                rl.header_read_timeout_ms,
+                dl.header_read_timeout_ms,
+            )?,
+            body_read_timeout_ms: positive(
+                "limits.body_read_timeout_ms",
+                rl.body_read_timeout_ms,
+                dl.body_read_timeout_ms,
+            )?,
+            write_queue_max: size(
+                "limits.write_queue_max",
+                rl.write_queue_max,
+                dl.write_queue_max,
+            )?,
+            write_batch_max: size(
+                "limits.write_batch_max",
+                rl.write_batch_max,
+                dl.write_batch_max,
+            )?,
+            template_output_bytes_max: size(
+                "limits.template_output_bytes_max",
+                rl.template_output_bytes_max,
+                dl.template_output_bytes_max,
+            )?,
+            shutdown_grace_ms: positive(
+                "limits.shutdown_grace_ms",
+                rl.shutdown_grace_ms,
+                dl.shutdown_grace_ms,
+            )?,
+        };
+        Ok(Config { listen, data_dir, users, delivery, limits })
+    }
+
+    fn to_raw(&self) -> RawConfig {
+        let l = &self.limits;
+        RawConfig {
+            listen: Some(self.listen.to_string()),
+            data_dir: Some(self.data_dir.to_string_lossy().into_owned()),
+            users: Some(self.users.clone()),
+            delivery: Some(RawDelivery {
+                timeout_ms: Some(self.delivery.timeout_ms),
+                retry_delays_ms: Some(self.delivery.retry_delays_ms.clone()),
+                allow_private_targets: Some(self.delivery.allow_private_targets),
+            }),
+            limits: Some(RawLimits {
+                connections_max: Some(l.connections_max as u64),
+                body_bytes_max: Some(l.body_bytes_max as u64),
+                header_read_timeout_ms: Some(l.header_read_timeout_ms),
+                body_read_timeout_ms: Some(l.body_read_timeout_ms),
+                write_queue_max: Some(l.write_queue_max as u64),
+                write_batch_max: Some(l.write_batch_max as u64),
+                template_output_bytes_max: Some(l.template_output_bytes_max as u64),
+                shutdown_grace_ms: Some(l.shutdown_grace_ms),
+            }),
+        }
+    }
+
+    /// Every key as a dotted path with its default value, in file order.
+    pub fn known_keys() -> Vec<(String, toml::Value)> {
+        let mut out = Vec::new();
+        let Ok(toml::Value::Table(t)) = toml::Value::try_from(Config::default().to_raw()) else {
+            return out;
+        };
+        for (k, v) in t {
+            match v {
+                toml::Value::Table(section) => {
+                    for (sk, sv) in section {
+                        out.push((format!("{k}.{sk}"), sv));
+                    }
+                }
+                other => out.push((k, other)),
+            }
+        }
+        out
+    }
+
+    /// The environment variable that overrides a dotted key.
+    pub fn env_name(key: &str) -> String {
+        format!("{ENV_PREFIX}{}", key.replace('.', "_").to_ascii_uppercase())
+    }
+}
+
+fn positive(key: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        Some(0) => Err(err(key, "must be at least 1")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn check_users(users: &[User]) -> Result<(), ConfigError> {
+    for (i, u) in users.iter().enumerate() {
+        let ok_id = !u.id.is_empty()
+            && u.id.len() <= 64
+            && u.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok_id {
+            return Err(err(
+                format!("users[{i}].id"),
+                "must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -",
+            ));
+        }
+        if u.token.is_empty()
+            || u.token.len() > 512
+            || u.token.bytes().any(|b| !b.is_ascii_graphic())
+        {
+            return Err(err(
+                format!("users[{i}].token"),
+                "must be 1 to 512 printable ASCII characters without spaces",
+            ));
+        }
+        if users[..i].iter().any(|o| o.id == u.id) {
+            return Err(err(format!("users[{i}].id"), format!("{:?} is listed twice", u.id)));
+        }
+        if users[..i].iter().any(|o| o.token == u.token) {
+            return Err(err(format!("users[{i}].token"), "is the same as another user's token"));
+        }
+    }
+    Ok(())
+}
+
+/// Puts every `HOOKD_*` variable into `table` under its key; an unknown one is an error.
+fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let known = Config::known_keys();
+    for (name, text) in env.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)) {
+        let Some((key, default)) = known.iter().find(|(k, _)| &Config::env_name(k) == name) else {
+            return Err(err(name.clone(), "is not a hookd setting"));
+        };
+        let value = if default.is_str() {
+            toml::Value::String(text.clone())
+        } else {
+            let doc: toml::Table = toml::from_str(&format!("v = {text}"))
+                .map_err(|_| err(name.clone(), format!("{text:?} is not a TOML value")))?;
+            doc.get("v").cloned().ok_or_else(|| err(name.clone(), "has no value"))?
+        };
+        match key.split_once('.') {
+            None => {
+                table.insert(key.clone(), value);
+            }
+            Some((section, sub)) => {
+                let entry = table
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(t) = entry else {
+                    return Err(err(section, "must be a table"));
+                };
+                t.insert(sub.to_string(), value);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(Some(text), &env)
+    }
+
+    #[test]
+    fn example_file_lists_every_key_and_equals_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        assert_eq!(load(text, &[]), Ok(Config::default()));
+        for (key, _) in Config::known_keys() {
+            let leaf = key.rsplit('.').next().unwrap_or(&key);
+            assert!(text.contains(&format!("{leaf} =")), "config.example.toml lacks {key}");
+        }
+    }
+
+    #[test]
+    fn no_file_gives_the_spec_defaults() {
+        let c = Config::load(None, &BTreeMap::new()).expect("defaults load");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.delivery.timeout_ms, 120_000);
+        assert_eq!(c.delivery.retry_delays_ms.len(), 11);
+        assert_eq!(c.delivery.retry_delays_ms[10], 61_440_000);
+        assert!(!c.delivery.allow_private_targets);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load("lisen = \"x\"", &[]).expect_err("typo");
+        assert!(e.message.contains("lisen"), "{e}");
+        let e = load("[delivery]\ntimeout = 5", &[]).expect_err("typo");
+        assert!(e.message.contains("timeout"), "{e}");
+        let e = load("", &[("HOOKD_DELIVERY_TIMEOUT", "5")]).expect_err("typo");
+        assert_eq!(e.key, "HOOKD_DELIVERY_TIMEOUT");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases: &[(&str, &str)] = &[
+            ("listen = \"nope\"", "listen"),
+            ("[delivery]\ntimeout_ms = 0", "delivery.timeout_ms"),
+            ("[limits]\nbody_bytes_max = 0", "limits.body_bytes_max"),
+            ("[[users]]\nid = \"a b\"\ntoken = \"t\"", "users[0].id"),
+            (
+                "[[users]]\nid = \"a\"\ntoken = \"t\"\n[[users]]\nid = \"b\"\ntoken = \"t\"",
+                "users[1].token",
+            ),
+            ("[delivery]\nretry_delays_ms = [99999999999999]", "delivery.retry_delays_ms"),
+        ];
+        for (text, key) in cases {
+            let e = load(text, &[]).expect_err(text);
+            assert_eq!(&e.key, key, "{text}: {e}");
+        }
+        let e = load("[delivery]\ntimeout_ms = \"x\"", &[]).expect_err("type");
+        assert!(e.message.contains("timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load(
+            "listen = \"127.0.0.1:1\"\n[delivery]\ntimeout_ms = 5",
+            &[
+                ("HOOKD_LISTEN", "127.0.0.1:0"),
+                ("HOOKD_DATA_DIR", "/tmp/x"),
+                ("HOOKD_DELIVERY_TIMEOUT_MS", "7"),
+                ("HOOKD_DELIVERY_RETRY_DELAYS_MS", "[1, 2]"),
+                ("HOOKD_DELIVERY_ALLOW_PRIVATE_TARGETS", "true"),
+                ("HOOKD_USERS", "[{id = \"u\", token = \"tok\"}]"),
+                ("HOOKD_LIMITS_WRITE_BATCH_MAX", "10"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.delivery.timeout_ms, 7);
+        assert_eq!(c.delivery.retry_delays_ms, vec![1, 2]);
+        assert!(c.delivery.allow_private_targets);
+        assert_eq!(c.users, vec![User { id: "u".into(), token: "tok".into() }]);
+        assert_eq!(c.limits.write_batch_max, 10);
+        let e = load("", &[("HOOKD_DELIVERY_TIMEOUT_MS", "soon")]).expect_err("bad");
+        assert_eq!(e.key, "HOOKD_DELIVERY_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn tokens_are_not_printed_by_debug() {
+        let u = User { id: "u".into(), token: "secret-token".into() };
+        assert!(!format!("{u:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,30 @@
+//! The store's error type: what callers can act on, without redb types leaking out.
+
+use crate::model::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist or belongs to another user.
+    #[error("record not found")]
+    NotFound,
+    /// The write breaks a rule that needs the stored state to check (e.g. changing `isAdHoc`).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The write queue is full.
+    #[error("the write queue is full")]
+    Busy,
+    /// The writer has stopped (shutdown or an earlier storage failure); nothing was written.
+    #[error("the store does not accept writes")]
+    Unavailable,
+    /// An I/O or database error. The writer stops at the first one (fail-stop).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Any redb error as a storage error.
+pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Storage(e.into().to_string())
+}

@@ -1,0 +1,36 @@
+//! Every table of `hookd.redb`, its key encoding, and the schema version.
+//! Keys are fixed-order tuples so that range scans give pages in `createdAt` order.
+
+use redb::TableDefinition;
+
+use crate::model::ConditionKind;
+
+/// Bumped on any incompatible change; a file with a newer version is refused.
+pub const SCHEMA_VERSION: u64 = 1;
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+
+/// name -> value (schema version).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// webhook id -> versioned webhook record (records.rs).
+pub const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks");
+/// (user, created_ms, webhook id) -> (): the user's webhooks in `createdAt` order.
+pub const WEBHOOKS_BY_USER: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("webhooks_by_user");
+/// (user, condition kind, value, created_ms, webhook id) -> (): matching and per-actor lists.
+pub const WEBHOOK_MATCH: TableDefinition<(&str, u8, &str, u64, &str), ()> =
+    TableDefinition::new("webhook_match");
+/// (user, idempotency key) -> webhook id.
+pub const WEBHOOK_IDEM: TableDefinition<(&str, &str), &str> = TableDefinition::new("webhook_idem");
+/// webhook id -> versioned stats record (totalDispatches, lastDispatch).
+pub const WEBHOOK_STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_stats");
+
+/// Upper bound for the id part of a range: ids are `[A-Za-z0-9]`, all below `~`.
+pub const ID_MAX: &str = "~";
+
+pub fn kind_code(kind: ConditionKind) -> u8 {
+    match kind {
+        ConditionKind::Actor => 1,
+        ConditionKind::ActorTask => 2,
+        ConditionKind::ActorRun => 3,
+    }
+}

@@ -1,0 +1,504 @@
+//! Apify payload and headers templates: parse once (when a webhook is saved), render per event.
+//! Pure: no I/O, no clock. Semantics follow `@apify/utilities` `WebhookPayloadTemplate`
+//! (research/apify-compat.md 4.1–4.6), including its quirks: a falsy value in raw position
+//! renders `null`, and with `shouldInterpolateStrings` a string that is exactly `"{{x}}"`
+//! becomes the typed value (a missing one drops the key).
+
+use serde_json::{Map, Value};
+
+/// The top-level variable names a template may use.
+pub const ALLOWED_VARIABLES: [&str; 6] =
+    ["userId", "createdAt", "eventType", "eventData", "resource", "globals"];
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error(
+        "Aside from variables enclosed in double curly braces, the template must be valid JSON ({0})"
+    )]
+    InvalidJson(String),
+    #[error("Invalid payload template variable: {0}")]
+    InvalidVariable(String),
+    #[error("Rendered template is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("Headers template must be a JSON object")]
+    HeadersNotObject,
+    #[error("Header \"{0}\" must be a string")]
+    HeaderValueNotString(String),
+    #[error("Header name \"{0}\" is not a valid HTTP header name")]
+    InvalidHeaderName(String),
+}
+
+/// The values a template can reference.
+#[derive(Clone, Debug)]
+pub struct Context {
+    vars: Map<String, Value>,
+}
+
+impl Context {
+    /// The context of one event: `globals` is derived from the event time.
+    pub fn new(
+        user_id: &str,
+        created_at_ms: u64,
+        created_at_iso: &str,
+        event_type: &str,
+        event_data: Value,
+        resource: Value,
+    ) -> Context {
+        let mut globals = Map::new();
+        globals.insert("dateISO".into(), Value::String(created_at_iso.to_string()));
+        globals.insert("dateUnix".into(), Value::from(created_at_ms / 1000));
+        let mut vars = Map::new();
+        vars.insert("userId".into(), Value::String(user_id.to_string()));
+        vars.insert("createdAt".into(), Value::String(created_at_iso.to_string()));
+        vars.insert("eventType".into(), Value::String(event_type.to_string()));
+        vars.insert("eventData".into(), event_data);
+        vars.insert("resource".into(), resource);
+        vars.insert("globals".into(), Value::Object(globals));
+        Context { vars }
+    }
+
+    /// A context from arbitrary top-level values (tests, tools).
+    pub fn from_map(vars: Map<String, Value>) -> Context {
+        Context { vars }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Segment {
+    Text(String),
+    Var(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Body {
+    /// The template is plain JSON: nothing in raw position.
+    Static(Value),
+    /// Text with `{{name}}` in raw (outside-string) positions.
+    Raw(Vec<Segment>),
+}
+
+/// A parsed, validated template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    body: Body,
+    interpolate_strings: bool,
+}
+
+fn check_variable(name: &str) -> Result<(), TemplateError> {
+    let first = name.split('.').next().unwrap_or("");
+    if ALLOWED_VARIABLES.contains(&first) {
+        Ok(())
+    } else {
+        Err(TemplateError::InvalidVariable(name.to_string()))
+    }
+}
+
+impl Template {
+    /// Parses and validates `text`. Variables inside strings are checked only when
+    /// `interpolate_strings` is on, as Apify does.
+    pub fn parse(text: &str, interpolate_strings: bool) -> Result<Template, TemplateError> {
+        let (body, skeleton) = match serde_json::from_str::<Value>(text) {
+            Ok(v) => (Body::Static(v.clone()), v),
+            Err(first_err) => {
+                let segments = split_raw_variables(text)?;
+                if !segments.iter().any(|s| matches!(s, Segment::Var(_))) {
+                    return Err(TemplateError::InvalidJson(first_err.to_string()));
+                }
+                let mut with_nulls = String::with_capacity(text.len());
+                for s in &segments {
+                    match s {
+                        Segment::Text(t) => with_nulls.push_str(t),
+                        Segment::Var(_) => with_nulls.push_str("null"),
+                    }
+                }
+                let skeleton = serde_json::from_str::<Value>(&with_nulls)
+                    .map_err(|e| TemplateError::InvalidJson(e.to_string()))?;
+                (Body::Raw(segments), skeleton)
+            }
+        };
+        if interpolate_strings {
+            check_string_variables(&skeleton)?;
+        }
+        Ok(Template { body, interpolate_strings })
+    }
+
+    /// Parses a headers template: like [`Template::parse`], and it must be a JSON object whose
+    /// literal values are strings (values from variables are checked when rendering).
+    pub fn parse_headers(text: &str, interpolate_strings: bool) -> Result<Template, TemplateError> {
+        let t = Template::parse(text, interpolate_strings)?;
+        let skeleton = match &t.body {
+            Body::Static(v) => v.clone(),
+            Body::Raw(segments) => {
+                let mut s = String::new();
+                for seg in segments {
+                    match seg {
+                        Segment::Text(x) => s.push_str(x),
+                        Segment::Var(_) => s.push_str("null"),
+                    }
+                }
+                serde_json::from_str(&s).map_err(|e| TemplateError::InvalidJson(e.to_string()))?
+            }
+        };
+        let Value::Object(map) = skeleton else {
+            return Err(TemplateError::HeadersNotObject);
+        };
+        for (name, value) in &map {
+            check_header_name(name)?;
+            match value {
+                Value::String(_) | Value::Null => {}
+                _ => return Err(TemplateError::HeaderValueNotString(name.clone())),
+            }
+        }
+        Ok(t)
+    }
+
+    /// Renders to a JSON value; errors if the raw text grows past `output_bytes_max`.
+    pub fn render(&self, ctx: &Context, output_bytes_max: usize) -> Result<Value, TemplateError> {
+        let value = match &self.body {
+            Body::Static(v) => v.clone(),
+            Body::Raw(segments) => {
+                let mut out = String::new();
+                for s in segments {
+                    match s {
+                        Segment::Text(t) => out.push_str(t),
+                        Segment::Var(name) => {
+                            let r = resolve(ctx, name);
+                            if r.is_truthy() {
+                                out.push_str(&r.to_json());
+                            } else {
+                                out.push_str("null");
+                            }
+                        }
+                    }
+                    if out.len() > output_bytes_max {
+                        return Err(TemplateError::TooLarge(output_bytes_max));
+                    }
+                }
+                serde_json::from_str::<Value>(&out)
+                    .map_err(|e| TemplateError::InvalidJson(e.to_string()))?
+            }
+        };
+        if !self.interpolate_strings {
+            return Ok(value);
+        }
+        let mut budget = output_bytes_max;
+        // A top-level string that is exactly a missing variable is `undefined` in JS;
+        // JSON.stringify(undefined) is no JSON at all, so send `null`.
+        Ok(interpolate(value, ctx, &mut budget)?.unwrap_or(Value::Null))
+    }
+
+    /// Renders to compact JSON text (what is sent on the wire).
+    pub fn render_to_string(
+        &self,
+        ctx: &Context,
+        output_bytes_max: usize,
+    ) -> Result<String, TemplateError> {
+        let v = self.render(ctx, output_bytes_max)?;
+        let s = v.to_string();
+        if s.len() > output_bytes_max {
+            return Err(TemplateError::TooLarge(output_bytes_max));
+        }
+        Ok(s)
+    }
+
+    /// Renders a headers template to (name, value) pairs, in template order.
+    pub fn render_headers(
+        &self,
+        ctx: &Context,
+        output_bytes_max: usize,
+    ) -> Result<Vec<(String, String)>, TemplateError> {
+        let Value::Object(map) = self.render(ctx, output_bytes_max)? else {
+            return Err(TemplateError::HeadersNotObject);
+        };
+        let mut out = Vec::with_capacity(map.len());
+        for (name, value) in map {
+            check_header_name(&name)?;
+            match value {
+                Value::String(s) => out.push((name, s)),
+                _ => return Err(TemplateError::HeaderValueNotString(name)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// RFC 9110 token characters.
+fn check_header_name(name: &str) -> Result<(), TemplateError> {
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok { Ok(()) } else { Err(TemplateError::InvalidHeaderName(name.to_string())) }
+}
+
+/// Splits `text` into literal text and `{{name}}` in raw position. "Inside a string" is
+/// Apify's rule: an odd number of `"` not preceded by `\` before the braces.
+fn split_raw_variables(text: &str) -> Result<Vec<Segment>, TemplateError> {
+    let bytes = text.as_bytes();
+    let mut segments = Vec::new();
+    let mut quotes = 0usize;
+    let mut literal_start = 0usize;
+    let mut i = 0usize;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' && (i == 0 || bytes[i - 1] != b'\\') {
+            quotes += 1;
+            i += 1;
+            continue;
+        }
+        if b == b'{' && bytes.get(i + 1) == Some(&b'{') && quotes.is_multiple_of(2) {
+            let Some(close) = text[i..].find("}}").map(|p| p + i) else {
+                return Err(TemplateError::InvalidJson(format!(
+                    "unterminated variable at byte {i}"
+                )));
+            };
+            // `{{}}`: the closing braces may start right after the opening ones.
+            let name_end = close.max(i + 2);
+            let name = &text[i + 2..name_end];
+            check_variable(name)?;
+            if literal_start < i {
+                segments.push(Segment::Text(text[literal_start..i].to_string()));
+            }
+            segments.push(Segment::Var(name.to_string()));
+            i = name_end + 2;
+            literal_start = i;
+            continue;
+        }
+        i += 1;
+    }
+    if literal_start < bytes.len() {
+        segments.push(Segment::Text(text[literal_start..].to_string()));
+    }
+    Ok(segments)
+}
+
+fn check_string_variables(v: &Value) -> Result<(), TemplateError> {
+    match v {
+        Value::String(s) => {
+            for name in string_variables(s) {
+                check_variable(name)?;
+            }
+            Ok(())
+        }
+        Value::Array(a) => a.iter().try_for_each(check_string_variables),
+        Value::Object(m) => m.values().try_for_each(check_string_variables),
+        _ => Ok(()),
+    }
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.'
+}
+
+/// Matches of `/\{\{([a-zA-Z0-9.]+)\}\}/g` in `s`: (start, end, name).
+fn string_variable_spans(s: &str) -> Vec<(usize, usize, &str)> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(p) = s[i..].find("{{").map(|p| p + i) {
+        let mut j = p + 2;
+        while j < b.len() && is_name_byte(b[j]) {
+            j += 1;
+        }
+        if j > p + 2 && s[j..].starts_with("}}") {
+            out.push((p, j + 2, &s[p + 2..j]));
+            i = j + 2;
+        } else {
+            i = p + 1;
+        }
+    }
+    out
+}
+
+fn string_variables(s: &str) -> impl Iterator<Item = &str> {
+    string_variable_spans(s).into_iter().map(|(_, _, n)| n)
+}
+
+/// What a dotted path resolves to, in JavaScript terms.
+enum Resolved<'a> {
+    Undefined,
+    Null,
+    Value(&'a Value),
+    Length(usize),
+}
+
+fn js_index(prop: &str) -> Option<usize> {
+    if prop == "0" {
+        return Some(0);
+    }
+    if prop.is_empty() || prop.starts_with('0') || !prop.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    prop.parse().ok()
+}
+
+fn resolve<'a>(ctx: &'a Context, name: &str) -> Resolved<'a> {
+    let mut parts = name.split('.');
+    let first = parts.next().unwrap_or("");
+    let mut cur = match ctx.vars.get(first) {
+        Some(v) => Resolved::Value(v),
+        None => Resolved::Undefined,
+    };
+    for prop in parts {
+        cur = match cur {
+            Resolved::Value(Value::Object(m)) => match m.get(prop) {
+                Some(v) => Resolved::Value(v),
+                None => Resolved::Undefined,
+            },
+            Resolved::Value(Value::Array(a)) => {
+                if prop == "length" {
+                    Resolved::Length(a.len())
+                } else {
+                    match js_index(prop).and_then(|i| a.get(i)) {
+                        Some(v) => Resolved::Value(v),
+                        None => Resolved::Undefined,
+                    }
+                }
+            }
+            // `if (!ctx || typeof ctx !== 'object') return null;`
+            _ => Resolved::Null,
+        };
+    }
+    cur
+}
+
+impl Resolved<'_> {
+    fn is_truthy(&self) -> bool {
+        match self {
+            Resolved::Undefined | Resolved::Null => false,
+            Resolved::Length(n) => *n != 0,
+            Resolved::Value(v) => match v {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+                Value::String(s) => !s.is_empty(),
+                Value::Array(_) | Value::Object(_) => true,
+            },
+        }
+    }
+
+    fn to_json(&self) -> String {
+        match self {
+            Resolved::Undefined | Resolved::Null => "null".into(),
+            Resolved::Length(n) => n.to_string(),
+            Resolved::Value(v) => v.to_string(),
+        }
+    }
+
+    /// The typed value; `None` is JavaScript's `undefined`.
+    fn to_value(&self) -> Option<Value> {
+        match self {
+            Resolved::Undefined => None,
+            Resolved::Null => Some(Value::Null),
+            Resolved::Length(n) => Some(Value::from(*n)),
+            Resolved::Value(v) => Some((*v).clone()),
+        }
+    }
+
+    /// JavaScript `String(x)`.
+    fn to_js_string(&self, out: &mut String) {
+        match self {
+            Resolved::Undefined => out.push_str("undefined"),
+            Resolved::Null => out.push_str("null"),
+            Resolved::Length(n) => out.push_str(&n.to_string()),
+            Resolved::Value(v) => js_string_of(v, out),
+        }
+    }
+}
+
+fn js_string_of(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&js_number(n)),
+        Value::String(s) => out.push_str(s),
+        Value::Object(_) => out.push_str("[object Object]"),
+        Value::Array(a) => {
+            // Array.prototype.join: null and undefined elements become "".
+            for (i, e) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                if !e.is_null() {
+                    js_string_of(e, out);
+                }
+            }
+        }
+    }
+}
+
+/// A JSON number as JavaScript prints it: integral floats have no `.0`.
+fn js_number(n: &serde_json::Number) -> String {
+    if n.is_i64() || n.is_u64() {
+        return n.to_string();
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 1e21 => format!("{f:.0}"),
+        _ => n.to_string(),
+    }
+}
+
+fn interpolate(
+    v: Value,
+    ctx: &Context,
+    budget: &mut usize,
+) -> Result<Option<Value>, TemplateError> {
+    Ok(match v {
+        Value::String(s) => interpolate_string(s, ctx, budget)?,
+        Value::Array(a) => {
+            let mut out = Vec::with_capacity(a.len());
+            for e in a {
+                // JSON.stringify turns `undefined` array elements into `null`.
+                out.push(interpolate(e, ctx, budget)?.unwrap_or(Value::Null));
+            }
+            Some(Value::Array(out))
+        }
+        Value::Object(m) => {
+            let mut out = Map::with_capacity(m.len());
+            for (k, e) in m {
+                if let Some(e) = interpolate(e, ctx, budget)? {
+                    out.insert(k, e);
+                }
+            }
+            Some(Value::Object(out))
+        }
+        other => Some(other),
+    })
+}
+
+fn interpolate_string(
+    s: String,
+    ctx: &Context,
+    budget: &mut usize,
+) -> Result<Option<Value>, TemplateError> {
+    let spans = string_variable_spans(&s);
+    if spans.is_empty() {
+        return Ok(Some(Value::String(s)));
+    }
+    if spans.len() == 1 && spans[0].0 == 0 && spans[0].1 == s.len() {
+        let name = spans[0].2;
+        check_variable(name)?;
+        let r = resolve(ctx, name);
+        if let Resolved::Value(v) = r {
+            // The value is copied into the output: charge its size against the budget.
+            let size = v.to_string().len();
+            *budget = budget.checked_sub(size).ok_or(TemplateError::TooLarge(size))?;
+        }
+        return Ok(r.to_value());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for (start, end, name) in spans {
+        check_variable(name)?;
+        out.push_str(&s[last..start]);
+        resolve(ctx, name).to_js_string(&mut out);
+        last = end;
+        if out.len() > *budget {
+            return Err(TemplateError::TooLarge(*budget));
+        }
+    }
+    out.push_str(&s[last..]);
+    *budget = budget.saturating_sub(out.len());
+    Ok(Some(Value::String(out)))
+}
+
+#[cfg(test)]
+mod tests;
