@@ -1,0 +1,117 @@
+"""The official Python apify-client (3.4.0) against a running hookd.
+
+Run by tests/it/clients.rs with HOOKD_URL, HOOKD_TOKEN (alice) and HOOKD_TOKEN2 (bob).
+Every call returns the client's pydantic models, so every response passes its validation.
+"""
+import os
+import sys
+
+from apify_client import ApifyClient
+from apify_client.errors import ApifyApiError
+
+URL = os.environ["HOOKD_URL"]
+alice = ApifyClient(token=os.environ["HOOKD_TOKEN"], api_url=URL, max_retries=0)
+alice_br = ApifyClient(token=os.environ["HOOKD_TOKEN"], api_url=URL + "/v2", max_retries=0,
+                       compression="brotli")
+bob = ApifyClient(token=os.environ["HOOKD_TOKEN2"], api_url=URL, max_retries=0)
+
+checks = 0
+
+
+def check(cond, what):
+    global checks
+    if not cond:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+    checks += 1
+
+
+hooks = alice.webhooks()
+
+# create / get
+w = hooks.create(event_types=["ACTOR.RUN.SUCCEEDED", "ACTOR.RUN.FAILED"], actor_id="act1",
+                 request_url="https://example.com/hook", description="first",
+                 headers_template='{"X-Key": "v"}', do_not_retry=True)
+check(len(w.id) == 17, "id is 17 characters")
+check(w.user_id == "alice", "userId")
+check([str(getattr(t, "value", t)) for t in w.event_types] == ["ACTOR.RUN.SUCCEEDED", "ACTOR.RUN.FAILED"], f"eventTypes {w.event_types}")
+check(w.condition.actor_id == "act1", "condition.actorId")
+check(str(w.request_url) == "https://example.com/hook", f"requestUrl {w.request_url}")
+check(w.do_not_retry is True and w.ignore_ssl_errors is False, "booleans")
+check(w.created_at.tzinfo is not None, "createdAt is timezone-aware")
+check(w.stats.total_dispatches == 0 and w.last_dispatch is None, "stats, lastDispatch")
+got = alice.webhook(w.id).get()
+check(got is not None and got.model_dump() == w.model_dump(), "get() equals create()")
+
+# a payload template over 1 KiB: the client gzips the body (brotli with the second client)
+big = '{"userId": {{userId}}, "resource": {{resource}}, "pad": "' + "x" * 1500 + '"}'
+for client, name in [(alice, "gzip"), (alice_br, "brotli")]:
+    b = client.webhooks().create(event_types=["ACTOR.BUILD.SUCCEEDED"], actor_id="act2",
+                                 request_url="https://example.com/big", payload_template=big,
+                                 should_interpolate_strings=True)
+    check(b.payload_template == big, f"large {name} payloadTemplate round-trips")
+    check(b.should_interpolate_strings is True, "shouldInterpolateStrings")
+
+# idempotencyKey twice: one webhook
+total_before = hooks.list().total
+k1 = hooks.create(event_types=["ACTOR.RUN.CREATED"], actor_run_id="run1", is_ad_hoc=True,
+                  request_url="https://example.com/adhoc", idempotency_key="idem-1")
+k2 = hooks.create(event_types=["ACTOR.RUN.CREATED"], actor_run_id="run1", is_ad_hoc=True,
+                  request_url="https://example.com/adhoc", idempotency_key="idem-1")
+check(k1.id == k2.id, "idempotencyKey replay returns the same webhook")
+check(k1.is_ad_hoc is True and k1.condition.actor_run_id == "run1", "ad-hoc webhook")
+check(hooks.list().total == total_before + 1, "idempotent create made one webhook")
+
+# task webhook
+t = hooks.create(event_types=["ACTOR.RUN.ABORTED"], actor_task_id="task1",
+                 request_url="https://example.com/task")
+
+# list / iterate
+page = hooks.list(limit=2, offset=1, desc=True)
+check(page.total == 5 and page.count == 2 and page.limit == 2 and page.offset == 1 and page.desc, f"page {page}")
+all_ids = [x.id for x in hooks.list().items]
+check(len(all_ids) == 5, "list all")
+check([x.id for x in hooks.iterate()] == all_ids, "iterate() pages to the end")
+check([x.id for x in hooks.iterate(chunk_size=2)] == all_ids, "iterate(chunk_size=2)")
+check([x.id for x in hooks.list(desc=True).items] == all_ids[::-1], "desc order")
+
+# actor and task lists
+al = alice.actor("act1").webhooks().list()
+check([x.id for x in al.items] == [w.id], "actor(id).webhooks().list()")
+tl = alice.task("task1").webhooks().list()
+check([x.id for x in tl.items] == [t.id], "task(id).webhooks().list()")
+check(alice.actor("nobody").webhooks().list().total == 0, "actor with no webhooks")
+
+# update
+u = alice.webhook(w.id).update(description="changed", request_url="https://example.com/new",
+                               event_types=["ACTOR.RUN.TIMED_OUT"])
+check(u.description == "changed" and str(u.request_url) == "https://example.com/new", "update()")
+check(u.headers_template == '{"X-Key": "v"}', "update() keeps absent fields")
+check(u.modified_at >= w.modified_at and u.created_at == w.created_at, "modifiedAt moves")
+check(alice.webhook(w.id).get().model_dump() == u.model_dump(), "get() after update()")
+
+# bad template: the client's error with type invalid-input
+try:
+    hooks.create(event_types=["ACTOR.RUN.SUCCEEDED"], actor_id="act1",
+                 request_url="https://example.com/x", payload_template='{"a": {{nope}}}')
+    check(False, "bad template was accepted")
+except ApifyApiError as e:
+    check(e.type == "invalid-input", f"error type {e.type}")
+    check("payloadTemplate" in e.message, f"message names the field: {e.message}")
+try:
+    alice.webhook(w.id).update(headers_template="[1]")
+    check(False, "bad headers template was accepted")
+except ApifyApiError as e:
+    check(e.type == "invalid-input", f"error type {e.type}")
+
+# isolation: bob sees none of alice's webhooks
+check(bob.webhook(w.id).get() is None, "another user's webhook is None")
+check(bob.webhooks().list().total == 0, "another user's list is empty")
+
+# delete
+alice.webhook(w.id).delete()
+check(alice.webhook(w.id).get() is None, "get() of a deleted id is None")
+alice.webhook(w.id).delete()  # a second delete's 404 is swallowed by the client
+check(len(hooks.list().items) == 4, "deleted webhook left the list")
+
+print(f"python client suite: {checks} checks passed")

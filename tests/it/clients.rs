@@ -1,0 +1,94 @@
+//! The official Apify clients against the real daemon: the Python `apify-client` 3.4.0 (in a
+//! virtualenv under target/) and the JS `apify-client` 2.25.0 (npm, under target/), both
+//! installed here from the pinned lists in tests/clients/ on first use.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A virtualenv with the pinned Python client; reinstalled when requirements.txt changes.
+fn python_env() -> PathBuf {
+    let venv = target_dir().join("pyenv");
+    let requirements = std::fs::read_to_string(clients_dir().join("requirements.txt")).unwrap();
+    let marker = venv.join("installed-requirements.txt");
+    let python = venv.join("bin/python");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(requirements.as_str())
+        || !python.exists()
+    {
+        run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), "python3 -m venv");
+        run(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(clients_dir().join("requirements.txt")),
+            "pip install",
+        );
+        std::fs::write(&marker, &requirements).unwrap();
+    }
+    python
+}
+
+/// node_modules with the pinned JS client; reinstalled when the lock file changes.
+fn js_modules() -> PathBuf {
+    let dir = target_dir().join("jsclient");
+    let lock = std::fs::read_to_string(clients_dir().join("package-lock.json")).unwrap();
+    let marker = dir.join("installed-lock.json");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(lock.as_str()) {
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(clients_dir().join(f), dir.join(f)).unwrap();
+        }
+        run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir),
+            "npm ci",
+        );
+        std::fs::write(&marker, &lock).unwrap();
+    }
+    dir.join("node_modules")
+}
+
+fn run_suite(mut cmd: Command, d: &TestDaemon, what: &str) {
+    cmd.env("HOOKD_URL", format!("http://{}", d.addr))
+        .env("HOOKD_TOKEN", ALICE_TOKEN)
+        .env("HOOKD_TOKEN2", BOB_TOKEN);
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}\ndaemon log:\n{}", d.log());
+    assert!(stdout.contains("checks passed"), "{what} printed no result: {stdout}");
+    println!("{}", stdout.trim());
+}
+
+#[test]
+fn official_python_client() {
+    let python = python_env();
+    let d = TestDaemon::start("");
+    let mut cmd = Command::new(python);
+    cmd.arg(clients_dir().join("python_suite.py"));
+    run_suite(cmd, &d, "python client suite");
+}
+
+#[test]
+fn official_js_client() {
+    let modules = js_modules();
+    let d = TestDaemon::start("");
+    let mut cmd = Command::new("node");
+    cmd.arg(clients_dir().join("js_suite.js")).env("NODE_PATH", modules);
+    run_suite(cmd, &d, "js client suite");
+}

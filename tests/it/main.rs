@@ -1,0 +1,8 @@
+//! The one integration-test binary: every test here runs the real `hookd` binary.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod clients;
+mod crash;
+mod support;
+mod tidy;

@@ -1,0 +1,258 @@
+//! Test support: the real `hookd` binary on a temp data dir (`TestDaemon`), a raw HTTP/1.1
+//! client over a TCP stream, and polling with a deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ALICE: &str = "alice";
+pub const ALICE_TOKEN: &str = "tok-alice-0123456789";
+pub const BOB: &str = "bob";
+pub const BOB_TOKEN: &str = "tok-bob-0123456789";
+
+/// The cargo target directory (the binary lives in target/<profile>/hookd).
+pub fn target_dir() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_hookd"));
+    bin.parent().and_then(Path::parent).expect("binary is in target/<profile>/").to_path_buf()
+}
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    extra_config: String,
+}
+
+impl TestDaemon {
+    /// Starts the daemon with users alice and bob and `extra_config` appended to its config.
+    pub fn start(extra_config: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut d = TestDaemon {
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            extra_config: extra_config.to_string(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("hookd.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n[[users]]\nid = \"{ALICE}\"\ntoken = \"{ALICE_TOKEN}\"\n\n[[users]]\nid = \"{BOB}\"\ntoken = \"{BOB_TOKEN}\"\n\n{}\n",
+            self.data_dir().display(),
+            self.extra_config
+        );
+        std::fs::write(self.config_path(), config).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hookd.log"))
+            .expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hookd"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn hookd");
+        let stdout = child.stdout.take().expect("stdout");
+        self.child = Some(child);
+        self.addr = wait_ready(stdout).unwrap_or_else(|e| panic!("{e}\nlog:\n{}", self.log()));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hookd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `within` for the exit.
+    pub fn sigterm(&mut self, within: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        send_signal(c.id(), "TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Resp {
+        let mut headers = Vec::new();
+        let auth;
+        if let Some(t) = token {
+            auth = format!("Bearer {t}");
+            headers.push(("Authorization", auth.as_str()));
+        }
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        raw_request(self.addr, method, path, &headers, &bytes)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `kill -SIG pid` (the unsafe-free way to send a signal).
+pub fn send_signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
+}
+
+fn wait_ready(stdout: std::process::ChildStdout) -> Result<SocketAddr, String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        // Keep draining so the daemon never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Some(Ok(line))) => line
+            .strip_prefix("ready listen=")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("unexpected first line {line:?}")),
+        Ok(other) => Err(format!("daemon exited before the ready line: {other:?}")),
+        Err(_) => Err("no ready line within 20 s".into()),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// `error.type` of an error body.
+    pub fn error_type(&self) -> String {
+        self.json()["error"]["type"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+pub fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    try_raw_request(addr, method, path, headers, body).expect("request failed")
+}
+
+pub fn try_raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes())?;
+    // The server may answer (413) before reading the whole body: a write error is fine then.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::other(format!("bad response {:?}", String::from_utf8_lossy(&raw)))
+    })
+}
+
+fn parse_response(raw: &[u8]) -> Option<Resp> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if let Some(len) = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        body.truncate(len);
+    }
+    Some(Resp { status, headers, body })
+}
+
+/// Polls `f` until it returns `Some`, or panics after `within` with the last state seen.
+pub fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A webhook create body.
+pub fn webhook_body(actor: &str, url: &str) -> Value {
+    serde_json::json!({
+        "eventTypes": ["ACTOR.RUN.SUCCEEDED"],
+        "condition": {"actorId": actor},
+        "requestUrl": url,
+    })
+}
