@@ -55,6 +55,7 @@ pub async fn read_body(
     // Encodings are listed in the order they were applied: undo them from the last.
     for enc in encodings.iter().rev() {
         bytes = decode(enc, &bytes, max)?;
+        tracing::debug!(encoding = enc.name(), decoded_bytes = bytes.len(), "decoded request body");
     }
     Ok(bytes)
 }
@@ -64,6 +65,16 @@ enum Encoding {
     Gzip,
     Brotli,
     Deflate,
+}
+
+impl Encoding {
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Brotli => "br",
+            Encoding::Deflate => "deflate",
+        }
+    }
 }
 
 fn content_encodings(headers: &HeaderMap) -> Result<Vec<Encoding>, ApiError> {

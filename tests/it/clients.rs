@@ -82,6 +82,9 @@ fn official_python_client() {
     let mut cmd = Command::new(python);
     cmd.arg(clients_dir().join("python_suite.py"));
     run_suite(cmd, &d, "python client suite");
+    // The suite's large templates must have arrived compressed, as the client does it.
+    assert!(d.log().contains("encoding=\"gzip\""), "no gzip body seen:\n{}", d.log());
+    assert!(d.log().contains("encoding=\"br\""), "no brotli body seen:\n{}", d.log());
 }
 
 #[test]
@@ -91,4 +94,5 @@ fn official_js_client() {
     let mut cmd = Command::new("node");
     cmd.arg(clients_dir().join("js_suite.js")).env("NODE_PATH", modules);
     run_suite(cmd, &d, "js client suite");
+    assert!(d.log().contains("encoding=\"br\""), "no brotli body seen:\n{}", d.log());
 }

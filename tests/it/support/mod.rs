@@ -67,6 +67,7 @@ impl TestDaemon {
             .arg("--config")
             .arg(self.config_path())
             .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "hookd=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
