@@ -97,6 +97,14 @@ impl Template {
     /// Parses and validates `text`. Variables inside strings are checked only when
     /// `interpolate_strings` is on, as Apify does.
     pub fn parse(text: &str, interpolate_strings: bool) -> Result<Template, TemplateError> {
+        Template::parse_with_skeleton(text, interpolate_strings).map(|(t, _)| t)
+    }
+
+    /// Parses, and also returns the template's JSON with every raw variable read as `null`.
+    fn parse_with_skeleton(
+        text: &str,
+        interpolate_strings: bool,
+    ) -> Result<(Template, Value), TemplateError> {
         let (body, skeleton) = match serde_json::from_str::<Value>(text) {
             Ok(v) => (Body::Static(v.clone()), v),
             Err(first_err) => {
@@ -119,26 +127,13 @@ impl Template {
         if interpolate_strings {
             check_string_variables(&skeleton)?;
         }
-        Ok(Template { body, interpolate_strings })
+        Ok((Template { body, interpolate_strings }, skeleton))
     }
 
     /// Parses a headers template: like [`Template::parse`], and it must be a JSON object whose
     /// literal values are strings (values from variables are checked when rendering).
     pub fn parse_headers(text: &str, interpolate_strings: bool) -> Result<Template, TemplateError> {
-        let t = Template::parse(text, interpolate_strings)?;
-        let skeleton = match &t.body {
-            Body::Static(v) => v.clone(),
-            Body::Raw(segments) => {
-                let mut s = String::new();
-                for seg in segments {
-                    match seg {
-                        Segment::Text(x) => s.push_str(x),
-                        Segment::Var(_) => s.push_str("null"),
-                    }
-                }
-                serde_json::from_str(&s).map_err(|e| TemplateError::InvalidJson(e.to_string()))?
-            }
-        };
+        let (t, skeleton) = Template::parse_with_skeleton(text, interpolate_strings)?;
         let Value::Object(map) = skeleton else {
             return Err(TemplateError::HeadersNotObject);
         };

@@ -22,7 +22,7 @@ fn ctx() -> Context {
 
 const MAX: usize = 1 << 20;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Want {
     Json(&'static str),
     InvalidJson,
@@ -121,12 +121,7 @@ fn raw_position_table() {
         ("not json", InvalidJson),
     ];
     for (template, want) in cases {
-        let want = match want {
-            Json(s) => Json(s),
-            InvalidJson => InvalidJson,
-            InvalidVariable(s) => InvalidVariable(s),
-        };
-        check(template, false, want);
+        check(template, false, want.clone());
     }
 }
 
@@ -176,12 +171,7 @@ fn interpolated_strings_table() {
         (r#"{"t": "{{.resource}}"}"#, InvalidVariable(".resource")),
     ];
     for (template, want) in cases {
-        let want = match want {
-            Json(s) => Json(s),
-            InvalidJson => InvalidJson,
-            InvalidVariable(s) => InvalidVariable(s),
-        };
-        check(template, true, want);
+        check(template, true, want.clone());
     }
 }
 
