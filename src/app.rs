@@ -12,8 +12,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, Renderer};
 use crate::config::{Config, User};
+use crate::delivery::Dispatcher;
+use crate::delivery::sender::{Sender, SenderConfig};
 use crate::sd_notify::notify;
 use crate::store::Store;
 
@@ -41,10 +43,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let local = listener.local_addr().context("reading the listen address")?;
 
+    let sender = Sender::new(SenderConfig {
+        timeout_ms: config.delivery.timeout_ms,
+        response_body_bytes_max: config.delivery.response_body_bytes_max,
+        allow_private_targets: config.delivery.allow_private_targets,
+        idle_connections_per_target_max: config.delivery.per_target_inflight_max,
+    })
+    .context("setting up TLS for delivery")?;
+
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let fatal = store.fatal();
-    let shutdown = async move {
+    // One signal stops both the API and the dispatcher.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let reason = tokio::select! {
             _ = sigterm.recv() => "SIGTERM".to_string(),
             _ = sigint.recv() => "SIGINT".to_string(),
@@ -52,9 +64,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         tracing::info!(%reason, "shutting down");
         notify("STOPPING=1");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
     };
 
-    let state = Arc::new(ApiState { store: store.clone(), users, limits: config.limits.clone() });
+    let dispatcher = Dispatcher {
+        store: store.clone(),
+        sender: Arc::new(sender),
+        retry_delays_ms: Arc::new(config.delivery.retry_delays_ms.clone()),
+        inflight_max: config.delivery.inflight_max,
+        per_target_inflight_max: config.delivery.per_target_inflight_max,
+        shutdown_grace_ms: config.limits.shutdown_grace_ms,
+    };
+    let delivery = tokio::spawn(dispatcher.run(stopped()));
+
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        users,
+        limits: config.limits.clone(),
+        renderer: Renderer::new(
+            config.limits.template_cache_entries_max,
+            config.limits.template_output_bytes_max,
+        ),
+    });
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ready listen={local}").context("writing the ready line")?;
@@ -63,7 +100,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     notify("READY=1");
     tracing::info!(listen = %local, store = %store_path.display(), "hookd is ready");
 
-    api::serve(listener, state, shutdown).await;
+    // The API and the dispatcher stop together; in-flight calls are recorded before the writer
+    // commits its last batch and closes.
+    api::serve(listener, state, stopped()).await;
+    if let Err(e) = delivery.await {
+        tracing::error!(error = %e, "the dispatcher ended abnormally");
+    }
     writer.close().await;
     let fatal = store.fatal();
     if fatal.is_failed() {

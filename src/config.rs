@@ -45,6 +45,13 @@ pub struct Delivery {
     pub retry_delays_ms: Vec<u64>,
     /// Allow targets on loopback, private and other non-global addresses (tests, development).
     pub allow_private_targets: bool,
+    /// Calls in flight at once, over all targets.
+    pub inflight_max: usize,
+    /// Calls in flight at once to one target (scheme, host and port), so that one slow or
+    /// dead target cannot take every slot.
+    pub per_target_inflight_max: usize,
+    /// Bytes of a target's response body that are read and kept in the dispatch's `calls`.
+    pub response_body_bytes_max: usize,
 }
 
 /// Every bound in the process.
@@ -64,6 +71,8 @@ pub struct Limits {
     pub write_batch_max: usize,
     /// Bytes of one rendered payload or headers template.
     pub template_output_bytes_max: usize,
+    /// Parsed templates kept in memory (keyed by webhook and its version).
+    pub template_cache_entries_max: usize,
     /// Time open requests get to finish after SIGTERM before connections are dropped.
     pub shutdown_grace_ms: u64,
 }
@@ -93,6 +102,9 @@ impl Default for Config {
                 timeout_ms: 120_000,
                 retry_delays_ms: apify_retry_delays_ms(),
                 allow_private_targets: false,
+                inflight_max: 256,
+                per_target_inflight_max: 16,
+                response_body_bytes_max: 2048,
             },
             limits: Limits {
                 connections_max: 1024,
@@ -102,6 +114,7 @@ impl Default for Config {
                 write_queue_max: 8192,
                 write_batch_max: 1000,
                 template_output_bytes_max: 4 * 1024 * 1024,
+                template_cache_entries_max: 10_000,
                 shutdown_grace_ms: 10_000,
             },
         }
@@ -124,6 +137,9 @@ struct RawDelivery {
     timeout_ms: Option<u64>,
     retry_delays_ms: Option<Vec<u64>>,
     allow_private_targets: Option<bool>,
+    inflight_max: Option<u64>,
+    per_target_inflight_max: Option<u64>,
+    response_body_bytes_max: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -136,6 +152,7 @@ struct RawLimits {
     write_queue_max: Option<u64>,
     write_batch_max: Option<u64>,
     template_output_bytes_max: Option<u64>,
+    template_cache_entries_max: Option<u64>,
     shutdown_grace_ms: Option<u64>,
 }
 
@@ -176,13 +193,27 @@ impl Config {
         };
         let users = raw.users.unwrap_or_default();
         check_users(&users)?;
+        let size = |key: &str, v: Option<u64>, def: usize| -> Result<usize, ConfigError> {
+            let v = positive(key, v, def as u64)?;
+            usize::try_from(v).map_err(|_| err(key, "is too large"))
+        };
         let rd = raw.delivery.unwrap_or_default();
+        let dd = &d.delivery;
         let delivery = Delivery {
             timeout_ms: positive("delivery.timeout_ms", rd.timeout_ms, d.delivery.timeout_ms)?,
-            retry_delays_ms: rd.retry_delays_ms.unwrap_or(d.delivery.retry_delays_ms),
-            allow_private_targets: rd
-                .allow_private_targets
-                .unwrap_or(d.delivery.allow_private_targets),
+            retry_delays_ms: rd.retry_delays_ms.unwrap_or_else(|| dd.retry_delays_ms.clone()),
+            allow_private_targets: rd.allow_private_targets.unwrap_or(dd.allow_private_targets),
+            inflight_max: size("delivery.inflight_max", rd.inflight_max, dd.inflight_max)?,
+            per_target_inflight_max: size(
+                "delivery.per_target_inflight_max",
+                rd.per_target_inflight_max,
+                dd.per_target_inflight_max,
+            )?,
+            response_body_bytes_max: size(
+                "delivery.response_body_bytes_max",
+                rd.response_body_bytes_max,
+                dd.response_body_bytes_max,
+            )?,
         };
         if delivery.retry_delays_ms.len() > RETRIES_MAX {
             return Err(err(
@@ -197,11 +228,7 @@ impl Config {
             ));
         }
         let rl = raw.limits.unwrap_or_default();
-        let dl = d.limits;
-        let size = |key: &str, v: Option<u64>, def: usize| -> Result<usize, ConfigError> {
-            let v = positive(key, v, def as u64)?;
-            usize::try_from(v).map_err(|_| err(key, "is too large"))
-        };
+        let dl = &d.limits;
         let limits = Limits {
             connections_max: size(
                 "limits.connections_max",
@@ -234,6 +261,11 @@ impl Config {
                 rl.template_output_bytes_max,
                 dl.template_output_bytes_max,
             )?,
+            template_cache_entries_max: size(
+                "limits.template_cache_entries_max",
+                rl.template_cache_entries_max,
+                dl.template_cache_entries_max,
+            )?,
             shutdown_grace_ms: positive(
                 "limits.shutdown_grace_ms",
                 rl.shutdown_grace_ms,
@@ -253,6 +285,9 @@ impl Config {
                 timeout_ms: Some(self.delivery.timeout_ms),
                 retry_delays_ms: Some(self.delivery.retry_delays_ms.clone()),
                 allow_private_targets: Some(self.delivery.allow_private_targets),
+                inflight_max: Some(self.delivery.inflight_max as u64),
+                per_target_inflight_max: Some(self.delivery.per_target_inflight_max as u64),
+                response_body_bytes_max: Some(self.delivery.response_body_bytes_max as u64),
             }),
             limits: Some(RawLimits {
                 connections_max: Some(l.connections_max as u64),
@@ -262,6 +297,7 @@ impl Config {
                 write_queue_max: Some(l.write_queue_max as u64),
                 write_batch_max: Some(l.write_batch_max as u64),
                 template_output_bytes_max: Some(l.template_output_bytes_max as u64),
+                template_cache_entries_max: Some(l.template_cache_entries_max as u64),
                 shutdown_grace_ms: Some(l.shutdown_grace_ms),
             }),
         }

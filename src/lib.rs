@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod delivery;
 pub mod model;
 pub mod sd_notify;
 pub mod store;

@@ -361,3 +361,352 @@ mod tests {
         assert_eq!(EventType::parse_subscribable("ACTOR.RUN.TIMED-OUT"), None);
     }
 }
+
+/// What an event is about: the fields a condition is compared with (`eventData`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventData {
+    pub actor_id: String,
+    pub actor_task_id: Option<String>,
+    pub actor_run_id: Option<String>,
+    pub actor_build_id: Option<String>,
+}
+
+impl EventData {
+    /// Whether `condition` holds for this event: every key it gives must equal ours.
+    pub fn satisfies(&self, condition: &Condition) -> bool {
+        fn eq(want: &Option<String>, have: &Option<String>) -> bool {
+            match want {
+                None => true,
+                Some(w) => have.as_ref() == Some(w),
+            }
+        }
+        condition.actor_id.as_ref().is_none_or(|a| *a == self.actor_id)
+            && eq(&condition.actor_task_id, &self.actor_task_id)
+            && eq(&condition.actor_run_id, &self.actor_run_id)
+    }
+
+    /// The (kind, value) index prefixes whose webhooks can match this event.
+    pub fn match_keys(&self) -> impl Iterator<Item = (ConditionKind, &str)> {
+        [
+            (ConditionKind::Actor, Some(self.actor_id.as_str())),
+            (ConditionKind::ActorTask, self.actor_task_id.as_deref()),
+            (ConditionKind::ActorRun, self.actor_run_id.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+    }
+}
+
+impl Webhook {
+    /// Whether an event of `event_type` about `data` fires this webhook (ad-hoc state aside).
+    pub fn matches(&self, event_type: EventType, data: &EventData) -> bool {
+        self.event_types.contains(&event_type) && data.satisfies(&self.condition)
+    }
+}
+
+/// One delivery attempt, as recorded in a dispatch's `calls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub error_message: Option<String>,
+    pub response_status: Option<u16>,
+    pub response_body: Option<String>,
+}
+
+/// A webhook dispatch: one event delivered to one webhook, with its rendered request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispatch {
+    pub id: String,
+    pub user_id: String,
+    pub webhook_id: String,
+    pub created_ms: u64,
+    pub status: DispatchStatus,
+    pub event_type: EventType,
+    /// `eventData` as sent (null for TEST).
+    pub event_data_json: Option<String>,
+    /// The webhook as it was when the dispatch was made.
+    pub condition: Condition,
+    pub request_url: String,
+    pub is_ad_hoc: bool,
+    pub ignore_ssl_errors: bool,
+    pub do_not_retry: bool,
+    /// The rendered payload; every retry sends these bytes.
+    pub body: String,
+    /// The rendered headers template (reserved headers are added when sending).
+    pub headers: Vec<(String, String)>,
+    pub calls: Vec<Call>,
+    /// When the next call is due; `None` once the dispatch has ended.
+    pub next_due_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+impl Dispatch {
+    /// The outbox partition: scheme, host and port of the target, lowercase.
+    pub fn target_key(&self) -> String {
+        target_key(&self.request_url)
+    }
+}
+
+/// `scheme://host:port` of a URL, lowercase; the unit of per-target fairness.
+pub fn target_key(url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once("://").unwrap_or(("http", lower.as_str()));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let has_port = match host_port.rfind(']') {
+        Some(close) => host_port[close..].contains(':'),
+        None => host_port.contains(':'),
+    };
+    if has_port {
+        format!("{scheme}://{host_port}")
+    } else {
+        let port = if scheme == "https" { 443 } else { 80 };
+        format!("{scheme}://{host_port}:{port}")
+    }
+}
+
+/// What happens to a dispatch after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Succeeded,
+    RetryAt(u64),
+    Failed,
+}
+
+/// Statuses of Actor runs and builds (`ActorJobStatus`).
+pub const JOB_STATUSES: [&str; 8] =
+    ["READY", "RUNNING", "SUCCEEDED", "FAILED", "TIMING-OUT", "TIMED-OUT", "ABORTING", "ABORTED"];
+
+/// Runs or builds: which event family a state report raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Run,
+    Build,
+}
+
+fn is_terminal(status: &str) -> bool {
+    matches!(status, "SUCCEEDED" | "FAILED" | "TIMED-OUT" | "ABORTED")
+}
+
+/// A report that would move a job from one terminal status to another.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("A {kind} cannot go from {from} to {to}")]
+pub struct InvalidTransition {
+    pub kind: &'static str,
+    pub from: String,
+    pub to: String,
+}
+
+/// The events a job's status change raises (SPEC 4.3). `previous` is `None` on the first report.
+pub fn job_transition_events(
+    kind: JobKind,
+    previous: Option<&str>,
+    next: &str,
+) -> Result<Vec<EventType>, InvalidTransition> {
+    let terminal_event = |status: &str| -> Option<EventType> {
+        Some(match (kind, status) {
+            (JobKind::Run, "SUCCEEDED") => EventType::RunSucceeded,
+            (JobKind::Run, "FAILED") => EventType::RunFailed,
+            (JobKind::Run, "TIMED-OUT") => EventType::RunTimedOut,
+            (JobKind::Run, "ABORTED") => EventType::RunAborted,
+            (JobKind::Build, "SUCCEEDED") => EventType::BuildSucceeded,
+            (JobKind::Build, "FAILED") => EventType::BuildFailed,
+            (JobKind::Build, "TIMED-OUT") => EventType::BuildTimedOut,
+            (JobKind::Build, "ABORTED") => EventType::BuildAborted,
+            _ => return None,
+        })
+    };
+    let created = match kind {
+        JobKind::Run => EventType::RunCreated,
+        JobKind::Build => EventType::BuildCreated,
+    };
+    match previous {
+        None => Ok([Some(created), terminal_event(next)].into_iter().flatten().collect()),
+        Some(prev) if prev == next => Ok(Vec::new()),
+        Some(prev) if is_terminal(prev) && is_terminal(next) => Err(InvalidTransition {
+            kind: match kind {
+                JobKind::Run => "run",
+                JobKind::Build => "build",
+            },
+            from: prev.to_string(),
+            to: next.to_string(),
+        }),
+        Some(prev) if is_terminal(prev) => Ok(match (kind, next) {
+            (JobKind::Run, "READY" | "RUNNING") => vec![EventType::RunResurrected],
+            _ => Vec::new(),
+        }),
+        Some(_) => Ok(terminal_event(next).into_iter().collect()),
+    }
+}
+
+/// Parses an ISO-8601 UTC timestamp (`2026-11-22T13:14:15.123Z`, or with `+HH:MM`) to epoch ms.
+pub fn parse_timestamp_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let part = s.get(r)?;
+        if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo)
+        || d == 0
+        || d > days_in_month(y, mo)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0u64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = s.get(start..i)?;
+        if frac.is_empty() {
+            return None;
+        }
+        let padded: String = frac.chars().chain("000".chars()).take(3).collect();
+        millis = padded.parse().ok()?;
+    }
+    let offset_min: i64 = match s.get(i..)? {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
+            let oh = num(i + 1..i + 3)? as i64;
+            let om = num(i + 4..i + 6)? as i64;
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 60 + om)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d)?;
+    let secs = days * 86_400 + (h * 3600 + mi * 60 + sec.min(59)) as i64 - offset_min * 60;
+    u64::try_from(secs).ok()?.checked_mul(1000)?.checked_add(millis)
+}
+
+fn days_in_month(y: u64, m: u64) -> u64 {
+    match m {
+        2 if (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: u64, m: u64, d: u64) -> Option<i64> {
+    let y = i64::try_from(y).ok()? - i64::from(m <= 2);
+    let (m, d) = (m as i64, d as i64);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_back() {
+        for ms in [0u64, 951_782_400_123, 1_795_353_255_123, 4_102_444_800_000] {
+            assert_eq!(parse_timestamp_ms(&format_timestamp_ms(ms)), Some(ms));
+        }
+        assert_eq!(parse_timestamp_ms("2026-11-22T13:14:15Z"), Some(1_795_353_255_000));
+        assert_eq!(parse_timestamp_ms("2026-11-22T14:14:15.1+01:00"), Some(1_795_353_255_100));
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-22T13:14:15",
+            "x026-11-22T13:14:15Z",
+            "2026-11-22T13:14:15.Z",
+        ] {
+            assert_eq!(parse_timestamp_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn target_keys() {
+        assert_eq!(target_key("https://Example.com/x"), "https://example.com:443");
+        assert_eq!(target_key("http://a.b:8080/x?y"), "http://a.b:8080");
+        assert_eq!(target_key("http://u:p@h/x"), "http://h:80");
+        assert_eq!(target_key("http://[::1]/x"), "http://[::1]:80");
+        assert_eq!(target_key("http://[::1]:9/x"), "http://[::1]:9");
+    }
+
+    #[test]
+    fn conditions_match_exactly_the_right_events() {
+        let run = EventData {
+            actor_id: "A".into(),
+            actor_task_id: Some("T".into()),
+            actor_run_id: Some("R".into()),
+            actor_build_id: None,
+        };
+        let build = EventData {
+            actor_id: "A".into(),
+            actor_build_id: Some("B".into()),
+            ..Default::default()
+        };
+        let c = |a: Option<&str>, t: Option<&str>, r: Option<&str>| Condition {
+            actor_id: a.map(Into::into),
+            actor_task_id: t.map(Into::into),
+            actor_run_id: r.map(Into::into),
+        };
+        assert!(run.satisfies(&c(Some("A"), None, None)));
+        assert!(build.satisfies(&c(Some("A"), None, None)));
+        assert!(run.satisfies(&c(None, Some("T"), None)));
+        assert!(!build.satisfies(&c(None, Some("T"), None)));
+        assert!(run.satisfies(&c(None, None, Some("R"))));
+        assert!(!run.satisfies(&c(Some("X"), None, None)));
+        assert!(!run.satisfies(&c(Some("A"), Some("X"), None)));
+        assert!(run.satisfies(&c(Some("A"), Some("T"), Some("R"))));
+    }
+
+    #[test]
+    fn job_status_sequences_raise_the_right_events() {
+        use EventType::*;
+        let run = |prev: Option<&str>, next: &str| job_transition_events(JobKind::Run, prev, next);
+        let build =
+            |prev: Option<&str>, next: &str| job_transition_events(JobKind::Build, prev, next);
+        assert_eq!(run(None, "READY"), Ok(vec![RunCreated]));
+        assert_eq!(run(None, "RUNNING"), Ok(vec![RunCreated]));
+        assert_eq!(run(None, "SUCCEEDED"), Ok(vec![RunCreated, RunSucceeded]));
+        assert_eq!(run(Some("READY"), "RUNNING"), Ok(vec![]));
+        assert_eq!(run(Some("RUNNING"), "RUNNING"), Ok(vec![]));
+        assert_eq!(run(Some("RUNNING"), "SUCCEEDED"), Ok(vec![RunSucceeded]));
+        assert_eq!(run(Some("RUNNING"), "FAILED"), Ok(vec![RunFailed]));
+        assert_eq!(run(Some("TIMING-OUT"), "TIMED-OUT"), Ok(vec![RunTimedOut]));
+        assert_eq!(run(Some("ABORTING"), "ABORTED"), Ok(vec![RunAborted]));
+        assert_eq!(run(Some("RUNNING"), "TIMING-OUT"), Ok(vec![]));
+        assert_eq!(run(Some("SUCCEEDED"), "RUNNING"), Ok(vec![RunResurrected]));
+        assert_eq!(run(Some("FAILED"), "READY"), Ok(vec![RunResurrected]));
+        assert_eq!(run(Some("ABORTED"), "ABORTING"), Ok(vec![]));
+        assert_eq!(run(Some("SUCCEEDED"), "SUCCEEDED"), Ok(vec![]));
+        assert!(run(Some("SUCCEEDED"), "FAILED").is_err());
+        assert!(run(Some("TIMED-OUT"), "ABORTED").is_err());
+        assert_eq!(build(None, "RUNNING"), Ok(vec![BuildCreated]));
+        assert_eq!(build(None, "FAILED"), Ok(vec![BuildCreated, BuildFailed]));
+        assert_eq!(build(Some("RUNNING"), "SUCCEEDED"), Ok(vec![BuildSucceeded]));
+        assert_eq!(build(Some("RUNNING"), "TIMED-OUT"), Ok(vec![BuildTimedOut]));
+        assert_eq!(build(Some("RUNNING"), "ABORTED"), Ok(vec![BuildAborted]));
+        assert_eq!(build(Some("SUCCEEDED"), "RUNNING"), Ok(vec![]));
+        assert!(build(Some("FAILED"), "SUCCEEDED").is_err());
+    }
+}

@@ -31,3 +31,13 @@ pub fn new_id() -> std::io::Result<String> {
     }
     Ok(out)
 }
+
+/// A uniform number in [0, 1) from the random source (retry jitter); 0 if it fails.
+pub fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    if random_bytes(&mut b).is_err() {
+        return 0.0;
+    }
+    // 53 random bits make every representable step in [0, 1) equally likely.
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}

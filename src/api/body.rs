@@ -130,6 +130,15 @@ fn decode(enc: &Encoding, input: &[u8], max: usize) -> Result<Vec<u8>, ApiError>
     Ok(out)
 }
 
+/// Parses a body that must be JSON (any value).
+pub fn json_value(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidRequest("The request body is empty".into()));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("The request body is not valid JSON: {e}")))
+}
+
 /// Parses a body that must be one JSON object.
 pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {

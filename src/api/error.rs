@@ -19,7 +19,9 @@ pub enum ApiError {
     TokenNotProvided,
     InvalidToken,
     NotFound(String),
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed(String),
+    /// 409 with the given error type.
+    Conflict(&'static str, String),
     TooLarge(usize),
     UnsupportedEncoding(String),
     RequestTimeout,
@@ -39,6 +41,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("Webhook was not found".into()),
             StoreError::Invalid(f) => f.into(),
+            StoreError::Conflict => ApiError::Conflict(
+                "concurrent-modification",
+                "The record was changed by another request; retry".into(),
+            ),
             StoreError::Busy => ApiError::Unavailable("The server is busy; retry later"),
             StoreError::Unavailable => {
                 ApiError::Unavailable("The store does not accept writes at the moment")
@@ -71,6 +77,7 @@ impl ApiError {
                     "This API endpoint can only be accessed using the following HTTP methods: {allowed}"
                 ),
             ),
+            ApiError::Conflict(kind, m) => (StatusCode::CONFLICT, kind, m),
             ApiError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request-too-large",

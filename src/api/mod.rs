@@ -2,7 +2,10 @@
 //! graceful shutdown) and the dispatch of each request to its route.
 
 mod body;
+mod dispatches;
 mod error;
+mod events;
+mod render;
 mod routes;
 mod webhooks;
 
@@ -22,8 +25,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Limits, User};
-use crate::store::{Store, WebhookScope};
+use crate::store::{DispatchScope, Store, WebhookScope};
 pub use error::ApiError;
+pub use render::Renderer;
 use routes::{Query, Route};
 
 /// Apify's page size maximum.
@@ -38,6 +42,7 @@ pub struct ApiState {
     pub store: Store,
     pub users: Vec<User>,
     pub limits: Limits,
+    pub renderer: Renderer,
 }
 
 /// Serves `listener` until `shutdown` resolves, then lets open requests finish for up to
@@ -117,16 +122,15 @@ async fn route(
         return Err(ApiError::MethodNotAllowed(route.allowed_text()));
     }
     let user = routes::authenticate(&state.users, &parts.headers, &query)?;
-    let read_json = |body: Incoming| async {
-        let bytes = body::read_body(
+    let read_bytes = |body: Incoming| {
+        body::read_body(
             &parts.headers,
             body,
             state.limits.body_bytes_max,
             Duration::from_millis(state.limits.body_read_timeout_ms),
         )
-        .await?;
-        body::json_object(&bytes)
     };
+    let read_json = |body: Incoming| async { body::json_object(&read_bytes(body).await?) };
     match (route, &parts.method) {
         (Route::Webhooks, &Method::GET) => {
             webhooks::list(state, user, WebhookScope::All, &query).await
@@ -143,5 +147,19 @@ async fn route(
             webhooks::update(state, user, id, read_json(body).await?).await
         }
         (Route::Webhook(id), _) => webhooks::delete(state, user, id).await,
+        (Route::WebhookTest(id), _) => dispatches::test(state, user, id).await,
+        (Route::WebhookDispatches(id), _) => {
+            dispatches::list(state, user, DispatchScope::Webhook(id), &query).await
+        }
+        (Route::Dispatches, _) => dispatches::list(state, user, DispatchScope::User, &query).await,
+        (Route::Dispatch(id), _) => dispatches::get(state, user, id).await,
+        (Route::Events, _) => {
+            let bytes = read_bytes(body).await?;
+            events::ingest(state, user, body::json_value(&bytes)?).await
+        }
+        (Route::Job(kind, id), &Method::GET) => events::get_job(state, user, kind, id).await,
+        (Route::Job(kind, id), _) => {
+            events::put_job(state, user, kind, id, read_json(body).await?).await
+        }
     }
 }

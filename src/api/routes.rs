@@ -6,7 +6,7 @@ use http::{HeaderMap, Method, header};
 
 use super::error::ApiError;
 use crate::config::User;
-use crate::model::ConditionKind;
+use crate::model::{ConditionKind, JobKind};
 
 /// A known path. Ids are opaque (`user~name` stays as given).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,13 @@ pub enum Route {
     Webhook(String),
     /// `/v2/actors/{id}/webhooks`, `/v2/acts/{id}/webhooks`, `/v2/actor-tasks/{id}/webhooks`.
     ScopedWebhooks(ConditionKind, String),
+    WebhookTest(String),
+    WebhookDispatches(String),
+    Dispatches,
+    Dispatch(String),
+    Events,
+    /// `/v2/actor-runs/{id}`, `/v2/actor-builds/{id}`.
+    Job(JobKind, String),
 }
 
 impl Route {
@@ -32,6 +39,13 @@ impl Route {
             ["actor-tasks", id, "webhooks"] => {
                 Route::ScopedWebhooks(ConditionKind::ActorTask, id.to_string())
             }
+            ["webhooks", id, "test"] => Route::WebhookTest(id.to_string()),
+            ["webhooks", id, "dispatches"] => Route::WebhookDispatches(id.to_string()),
+            ["webhook-dispatches"] => Route::Dispatches,
+            ["webhook-dispatches", id] => Route::Dispatch(id.to_string()),
+            ["webhook-events"] => Route::Events,
+            ["actor-runs", id] => Route::Job(JobKind::Run, id.to_string()),
+            ["actor-builds", id] => Route::Job(JobKind::Build, id.to_string()),
             _ => return None,
         })
     }
@@ -41,14 +55,14 @@ impl Route {
         match self {
             Route::Webhooks | Route::ScopedWebhooks(..) => &[Method::GET, Method::POST],
             Route::Webhook(_) => &[Method::GET, Method::PUT, Method::DELETE],
+            Route::WebhookTest(_) | Route::Events => &[Method::POST],
+            Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
+            Route::Job(..) => &[Method::GET, Method::PUT],
         }
     }
 
-    pub fn allowed_text(&self) -> &'static str {
-        match self {
-            Route::Webhooks | Route::ScopedWebhooks(..) => "GET,POST",
-            Route::Webhook(_) => "GET,PUT,DELETE",
-        }
+    pub fn allowed_text(&self) -> String {
+        self.allowed().iter().map(Method::as_str).collect::<Vec<_>>().join(",")
     }
 }
 

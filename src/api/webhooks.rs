@@ -129,25 +129,32 @@ pub async fn update(
 }
 
 pub async fn delete(state: &ApiState, user: &User, id: String) -> Result<Resp, ApiError> {
-    state.store.delete_webhook(user.id.clone(), id).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => not_found(),
-        other => other.into(),
-    })?;
+    state.store.delete_webhook(user.id.clone(), id, crate::sys::now_ms()).await.map_err(
+        |e| match e {
+            crate::store::StoreError::NotFound => not_found(),
+            other => other.into(),
+        },
+    )?;
     Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+/// A condition as JSON: only the keys it has.
+pub fn condition_json(c: &Condition) -> Value {
+    let mut condition = Map::new();
+    if let Some(v) = &c.actor_id {
+        condition.insert("actorId".into(), json!(v));
+    }
+    if let Some(v) = &c.actor_task_id {
+        condition.insert("actorTaskId".into(), json!(v));
+    }
+    if let Some(v) = &c.actor_run_id {
+        condition.insert("actorRunId".into(), json!(v));
+    }
+    Value::Object(condition)
 }
 
 /// The Apify webhook object; list items leave out the templates.
 pub fn webhook_json(w: &Webhook, stats: &WebhookStats, full: bool) -> Value {
-    let mut condition = Map::new();
-    if let Some(v) = &w.condition.actor_id {
-        condition.insert("actorId".into(), json!(v));
-    }
-    if let Some(v) = &w.condition.actor_task_id {
-        condition.insert("actorTaskId".into(), json!(v));
-    }
-    if let Some(v) = &w.condition.actor_run_id {
-        condition.insert("actorRunId".into(), json!(v));
-    }
     let last_dispatch = stats.last_dispatch.as_ref().map(|l| {
         json!({
             "status": l.status.as_str(),
@@ -166,7 +173,7 @@ pub fn webhook_json(w: &Webhook, stats: &WebhookStats, full: bool) -> Value {
         "eventTypes".into(),
         Value::Array(w.event_types.iter().map(|t| json!(t.as_str())).collect()),
     );
-    o.insert("condition".into(), Value::Object(condition));
+    o.insert("condition".into(), condition_json(&w.condition));
     o.insert("ignoreSslErrors".into(), json!(w.ignore_ssl_errors));
     o.insert("doNotRetry".into(), json!(w.do_not_retry));
     o.insert("requestUrl".into(), json!(w.request_url));

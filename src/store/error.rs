@@ -10,6 +10,9 @@ pub enum StoreError {
     /// The write breaks a rule that needs the stored state to check (e.g. changing `isAdHoc`).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// The record changed since it was read (a job's status moved); read again and retry.
+    #[error("the record changed meanwhile")]
+    Conflict,
     /// The write queue is full.
     #[error("the write queue is full")]
     Busy,

@@ -20,7 +20,12 @@ use schema::*;
 use writer::WriteOp;
 pub use writer::WriterHandle;
 
-use crate::model::{ConditionKind, Webhook, WebhookPatch, WebhookStats};
+use std::collections::{HashMap, HashSet};
+
+use crate::model::{
+    Call, ConditionKind, Decision, Dispatch, EventData, EventType, JobKind, Webhook, WebhookPatch,
+    WebhookStats,
+};
 
 /// redb's page cache; the store is small and the OS caches the file too.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -54,6 +59,69 @@ pub struct Created {
     pub webhook: Webhook,
     pub stats: WebhookStats,
     pub replayed: bool,
+}
+
+/// An event to store with the dispatches it created, all in one transaction.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub id: String,
+    pub user_id: String,
+    pub created_ms: u64,
+    pub event_type: EventType,
+    pub idempotency_key: Option<String>,
+    /// The event as accepted (JSON); `None` for a TEST dispatch, which has no event.
+    pub record_json: Option<String>,
+    /// Rendered dispatches, one per matched webhook. The writer drops those whose webhook is
+    /// gone, or is ad-hoc and already fired.
+    pub dispatches: Vec<Dispatch>,
+}
+
+/// The 202 answer for one event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventAnswer {
+    pub id: String,
+    pub created_ms: u64,
+    pub event_type: String,
+    pub dispatch_ids: Vec<String>,
+}
+
+/// A run or build state report, stored only if the job's status is still `expected_status`.
+#[derive(Debug)]
+pub struct JobReport {
+    pub user_id: String,
+    pub kind: JobKind,
+    pub id: String,
+    pub expected_status: Option<String>,
+    pub object_json: String,
+}
+
+/// Which dispatches a list covers.
+#[derive(Clone, Debug)]
+pub enum DispatchScope {
+    User,
+    Webhook(String),
+}
+
+/// What the scheduler asks for in one pass.
+#[derive(Clone, Debug, Default)]
+pub struct DueRequest {
+    pub now_ms: u64,
+    /// Dispatches being called now: not due again until their outcome is recorded.
+    pub in_flight: HashSet<String>,
+    /// Calls in flight per target.
+    pub per_target: HashMap<String, usize>,
+    pub per_target_max: usize,
+    /// At most this many dispatches in all.
+    pub take_max: usize,
+    /// Targets are served from just after this one, round robin, so no target is always first.
+    pub start_after: Option<String>,
+}
+
+/// Due dispatches (with their targets) and the earliest due time not taken.
+#[derive(Debug, Default)]
+pub struct Due {
+    pub dispatches: Vec<(String, Dispatch)>,
+    pub next_due_ms: Option<u64>,
 }
 
 /// Set once by the writer when a storage error stops it; the app waits on it to exit non-zero.
@@ -92,6 +160,7 @@ pub struct Store {
     db: Arc<Database>,
     writes: mpsc::Sender<WriteOp>,
     fatal: Arc<Fatal>,
+    outbox_changed: Arc<Notify>,
 }
 
 impl Store {
@@ -105,9 +174,22 @@ impl Store {
         init_schema(&db)?;
         let db = Arc::new(db);
         let fatal = Arc::new(Fatal::default());
+        let outbox_changed = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(write_queue_max);
-        let handle = writer::spawn(db.clone(), tx.clone(), rx, write_batch_max, fatal.clone())?;
-        Ok((Store { db, writes: tx, fatal }, handle))
+        let handle = writer::spawn(
+            db.clone(),
+            tx.clone(),
+            rx,
+            write_batch_max,
+            fatal.clone(),
+            outbox_changed.clone(),
+        )?;
+        Ok((Store { db, writes: tx, fatal, outbox_changed }, handle))
+    }
+
+    /// Notified after every commit that added outbox keys.
+    pub fn outbox_changed(&self) -> Arc<Notify> {
+        self.outbox_changed.clone()
     }
 
     pub fn fatal(&self) -> Arc<Fatal> {
@@ -145,8 +227,221 @@ impl Store {
         self.write(|reply| WriteOp::UpdateWebhook { user_id, id, patch, now_ms, reply }).await
     }
 
-    pub async fn delete_webhook(&self, user_id: String, id: String) -> Result<(), StoreError> {
-        self.write(|reply| WriteOp::DeleteWebhook { user_id, id, reply }).await
+    /// Deletes the webhook; its ACTIVE dispatches end FAILED ("Webhook was removed.").
+    pub async fn delete_webhook(
+        &self,
+        user_id: String,
+        id: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| WriteOp::DeleteWebhook { user_id, id, now_ms, reply }).await
+    }
+
+    /// Stores events and their dispatches (and a job report) in one transaction.
+    /// With a job report whose status moved meanwhile: `Conflict`, nothing written.
+    pub async fn ingest(
+        &self,
+        events: Vec<NewEvent>,
+        job: Option<JobReport>,
+    ) -> Result<Vec<EventAnswer>, StoreError> {
+        self.write(|reply| WriteOp::Ingest { events, job, reply }).await
+    }
+
+    /// Appends a call to a dispatch and applies the decision (next due time, or its end).
+    pub async fn record_call(
+        &self,
+        dispatch_id: String,
+        call: Call,
+        decision: Decision,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| WriteOp::RecordCall { dispatch_id, call, decision, reply }).await
+    }
+
+    /// For each (event type, data), the user's webhooks it fires, through the condition index:
+    /// at most three range reads per event, whatever the number of webhooks stored.
+    pub async fn match_webhooks(
+        &self,
+        user_id: String,
+        events: Vec<(EventType, EventData)>,
+    ) -> Result<Vec<Vec<Webhook>>, StoreError> {
+        self.read(move |rtx| {
+            let index = rtx.open_table(WEBHOOK_MATCH).map_err(storage)?;
+            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
+            let fired = rtx.open_table(WEBHOOK_FIRED).map_err(storage)?;
+            let mut cache: HashMap<String, Option<Webhook>> = HashMap::new();
+            let mut out = Vec::with_capacity(events.len());
+            for (event_type, data) in &events {
+                let mut matched: Vec<Webhook> = Vec::new();
+                for (kind, value) in data.match_keys() {
+                    let code = kind_code(kind);
+                    let lo = (user_id.as_str(), code, value, 0u64, "");
+                    let hi = (user_id.as_str(), code, value, u64::MAX, ID_MAX);
+                    for entry in index.range(lo..=hi).map_err(storage)? {
+                        let (k, _) = entry.map_err(storage)?;
+                        let id = k.value().4.to_string();
+                        if matched.iter().any(|w| w.id == id) {
+                            continue;
+                        }
+                        if !cache.contains_key(&id) {
+                            let w = match webhooks.get(id.as_str()).map_err(storage)? {
+                                Some(b) => Some(records::decode_webhook(b.value())?),
+                                None => None,
+                            };
+                            let spent = match &w {
+                                Some(w) if w.is_ad_hoc => {
+                                    fired.get(w.id.as_str()).map_err(storage)?.is_some()
+                                }
+                                _ => false,
+                            };
+                            cache.insert(id.clone(), w.filter(|_| !spent));
+                        }
+                        if let Some(Some(w)) = cache.get(&id)
+                            && w.matches(*event_type, data) {
+                                matched.push(w.clone());
+                            }
+                    }
+                }
+                matched.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+                out.push(matched);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn get_dispatch(
+        &self,
+        user_id: String,
+        id: String,
+    ) -> Result<Option<Dispatch>, StoreError> {
+        self.read(move |rtx| {
+            let table = rtx.open_table(DISPATCHES).map_err(storage)?;
+            match table.get(id.as_str()).map_err(storage)? {
+                Some(b) => {
+                    let d = records::decode_dispatch(b.value())?;
+                    Ok((d.user_id == user_id).then_some(d))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// A page of the user's dispatches (all, or one webhook's) in `createdAt` order.
+    pub async fn list_dispatches(
+        &self,
+        user_id: String,
+        scope: DispatchScope,
+        page: PageRequest,
+    ) -> Result<Page<Dispatch>, StoreError> {
+        self.read(move |rtx| {
+            let table = match scope {
+                DispatchScope::User => DISPATCHES_BY_USER,
+                DispatchScope::Webhook(_) => DISPATCHES_BY_WEBHOOK,
+            };
+            let owner = match &scope {
+                DispatchScope::User => user_id.clone(),
+                DispatchScope::Webhook(id) => id.clone(),
+            };
+            let index = rtx.open_table(table).map_err(storage)?;
+            let lo = (owner.as_str(), 0u64, "");
+            let hi = (owner.as_str(), u64::MAX, ID_MAX);
+            let total = index.range(lo..=hi).map_err(storage)?.count() as u64;
+            let ids = page_ids(index.range(lo..=hi).map_err(storage)?, page, |k| k.2.to_string())?;
+            let dispatches = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let mut items = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(b) = dispatches.get(id.as_str()).map_err(storage)? {
+                    let d = records::decode_dispatch(b.value())?;
+                    if d.user_id == user_id {
+                        items.push(d);
+                    }
+                }
+            }
+            Ok(Page { total, items })
+        })
+        .await
+    }
+
+    /// Due dispatches for one scheduler pass: per target, skipping those in flight, at most
+    /// `per_target_max` in flight per target and `take_max` in all. A target at its bound is
+    /// not read at all, so a dead target's backlog costs a pass nothing.
+    pub async fn due_dispatches(&self, req: DueRequest) -> Result<Due, StoreError> {
+        self.read(move |rtx| {
+            let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
+            let dispatches = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let mut due = Due::default();
+            let start = req.start_after.clone().map(|t| t + "\u{0}").unwrap_or_default();
+            // Two sweeps: targets after `start_after`, then from the first target up to it.
+            for (from, until) in [(start.clone(), None), (String::new(), Some(start))] {
+                let mut next_target = from;
+                loop {
+                    if due.dispatches.len() >= req.take_max {
+                        return Ok(due);
+                    }
+                    let first = outbox
+                        .range((next_target.as_str(), 0u64, "")..)
+                        .map_err(storage)?
+                        .next()
+                        .transpose()
+                        .map_err(storage)?;
+                    let Some((key, _)) = first else { break };
+                    let target = key.value().0.to_string();
+                    if until.as_ref().is_some_and(|u| target >= *u) {
+                        break;
+                    }
+                    next_target = format!("{target}\u{0}");
+                    let busy = req.per_target.get(&target).copied().unwrap_or(0);
+                    if busy >= req.per_target_max {
+                        continue;
+                    }
+                    let mut free = req.per_target_max - busy;
+                    let lo = (target.as_str(), 0u64, "");
+                    let hi = (target.as_str(), u64::MAX, ID_MAX);
+                    for entry in outbox.range(lo..=hi).map_err(storage)? {
+                        let (k, _) = entry.map_err(storage)?;
+                        let (_, due_ms, id) = k.value();
+                        if due_ms > req.now_ms {
+                            due.next_due_ms =
+                                Some(due.next_due_ms.map_or(due_ms, |n| n.min(due_ms)));
+                            break;
+                        }
+                        if req.in_flight.contains(id) {
+                            continue;
+                        }
+                        if free == 0 || due.dispatches.len() >= req.take_max {
+                            break;
+                        }
+                        let Some(b) = dispatches.get(id).map_err(storage)? else {
+                            return Err(StoreError::Corrupt(format!("outbox names missing {id}")));
+                        };
+                        due.dispatches.push((target.clone(), records::decode_dispatch(b.value())?));
+                        free -= 1;
+                    }
+                }
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    /// The latest reported run or build object, as stored.
+    pub async fn get_job(
+        &self,
+        user_id: String,
+        kind: JobKind,
+        id: String,
+    ) -> Result<Option<String>, StoreError> {
+        self.read(move |rtx| {
+            let jobs = rtx.open_table(JOBS).map_err(storage)?;
+            let got = jobs.get((user_id.as_str(), job_code(kind), id.as_str())).map_err(storage)?;
+            got.map(|b| {
+                String::from_utf8(b.value().to_vec())
+                    .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))
+            })
+            .transpose()
+        })
+        .await
     }
 
     async fn read<T: Send + 'static>(
@@ -264,7 +559,7 @@ fn read_webhook(
     };
     let w = records::decode_webhook(bytes.value())?;
     let s = match stats.get(id).map_err(storage)? {
-        Some(b) => records::decode_stats(b.value())?,
+        Some(b) => records::decode_stats(b.value())?.stats,
         None => WebhookStats::default(),
     };
     Ok(Some((w, s)))
@@ -291,6 +586,14 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         tx.open_table(WEBHOOK_MATCH).map_err(storage)?;
         tx.open_table(WEBHOOK_IDEM).map_err(storage)?;
         tx.open_table(WEBHOOK_STATS).map_err(storage)?;
+        tx.open_table(WEBHOOK_FIRED).map_err(storage)?;
+        tx.open_table(EVENTS).map_err(storage)?;
+        tx.open_table(EVENT_IDEM).map_err(storage)?;
+        tx.open_table(DISPATCHES).map_err(storage)?;
+        tx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
+        tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
+        tx.open_table(OUTBOX).map_err(storage)?;
+        tx.open_table(JOBS).map_err(storage)?;
     }
     tx.commit().map_err(storage)?;
     Ok(())

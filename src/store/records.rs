@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::model::{Condition, DispatchStatus, EventType, LastDispatch, Webhook, WebhookStats};
+use crate::model::{
+    Call, Condition, Dispatch, DispatchStatus, EventType, LastDispatch, Webhook, WebhookStats,
+};
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "v")]
@@ -102,33 +104,164 @@ pub fn decode_webhook(bytes: &[u8]) -> Result<Webhook, StoreError> {
 #[serde(tag = "v")]
 enum StatsRecord {
     #[serde(rename = "1")]
-    V1 { total: u64, last_status: Option<String>, last_finished_ms: Option<u64> },
+    V1 {
+        total: u64,
+        last_id: Option<String>,
+        last_status: Option<String>,
+        last_finished_ms: Option<u64>,
+    },
 }
 
-#[allow(dead_code)] // written by the delivery engine
-pub fn encode_stats(s: &WebhookStats) -> Result<Vec<u8>, StoreError> {
+/// A webhook's stats and the id of its latest dispatch (whose status `lastDispatch` shows).
+pub struct StatsState {
+    pub stats: WebhookStats,
+    pub last_id: Option<String>,
+}
+
+pub fn encode_stats(s: &StatsState) -> Result<Vec<u8>, StoreError> {
+    let last = s.stats.last_dispatch.as_ref();
     let rec = StatsRecord::V1 {
-        total: s.total_dispatches,
-        last_status: s.last_dispatch.as_ref().map(|l| l.status.as_str().to_string()),
-        last_finished_ms: s.last_dispatch.as_ref().and_then(|l| l.finished_ms),
+        total: s.stats.total_dispatches,
+        last_id: s.last_id.clone(),
+        last_status: last.map(|l| l.status.as_str().to_string()),
+        last_finished_ms: last.and_then(|l| l.finished_ms),
     };
     serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-pub fn decode_stats(bytes: &[u8]) -> Result<WebhookStats, StoreError> {
-    let StatsRecord::V1 { total, last_status, last_finished_ms } =
+fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
+    Ok(match s {
+        "ACTIVE" => DispatchStatus::Active,
+        "SUCCEEDED" => DispatchStatus::Succeeded,
+        "FAILED" => DispatchStatus::Failed,
+        other => return Err(StoreError::Corrupt(format!("dispatch status {other}"))),
+    })
+}
+
+pub fn decode_stats(bytes: &[u8]) -> Result<StatsState, StoreError> {
+    let StatsRecord::V1 { total, last_id, last_status, last_finished_ms } =
         serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("stats: {e}")))?;
     let last_dispatch = match last_status.as_deref() {
         None => None,
-        Some(s) => {
-            let status = match s {
-                "ACTIVE" => DispatchStatus::Active,
-                "SUCCEEDED" => DispatchStatus::Succeeded,
-                "FAILED" => DispatchStatus::Failed,
-                other => return Err(StoreError::Corrupt(format!("stats: status {other}"))),
-            };
-            Some(LastDispatch { status, finished_ms: last_finished_ms })
-        }
+        Some(s) => Some(LastDispatch { status: status_of(s)?, finished_ms: last_finished_ms }),
     };
-    Ok(WebhookStats { total_dispatches: total, last_dispatch })
+    Ok(StatsState { stats: WebhookStats { total_dispatches: total, last_dispatch }, last_id })
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "v")]
+enum DispatchRecord {
+    #[serde(rename = "1")]
+    V1(DispatchV1),
+}
+
+#[derive(Serialize, Deserialize)]
+struct DispatchV1 {
+    id: String,
+    user_id: String,
+    webhook_id: String,
+    created_ms: u64,
+    status: String,
+    event_type: String,
+    event_data: Option<String>,
+    condition: ConditionV1,
+    request_url: String,
+    is_ad_hoc: bool,
+    ignore_ssl_errors: bool,
+    do_not_retry: bool,
+    body: String,
+    headers: Vec<(String, String)>,
+    calls: Vec<CallV1>,
+    next_due_ms: Option<u64>,
+    finished_ms: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CallV1 {
+    started_ms: u64,
+    finished_ms: u64,
+    error_message: Option<String>,
+    response_status: Option<u16>,
+    response_body: Option<String>,
+}
+
+pub fn encode_dispatch(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
+    let rec = DispatchRecord::V1(DispatchV1 {
+        id: d.id.clone(),
+        user_id: d.user_id.clone(),
+        webhook_id: d.webhook_id.clone(),
+        created_ms: d.created_ms,
+        status: d.status.as_str().to_string(),
+        event_type: d.event_type.as_str().to_string(),
+        event_data: d.event_data_json.clone(),
+        condition: ConditionV1 {
+            actor_id: d.condition.actor_id.clone(),
+            actor_task_id: d.condition.actor_task_id.clone(),
+            actor_run_id: d.condition.actor_run_id.clone(),
+        },
+        request_url: d.request_url.clone(),
+        is_ad_hoc: d.is_ad_hoc,
+        ignore_ssl_errors: d.ignore_ssl_errors,
+        do_not_retry: d.do_not_retry,
+        body: d.body.clone(),
+        headers: d.headers.clone(),
+        calls: d
+            .calls
+            .iter()
+            .map(|c| CallV1 {
+                started_ms: c.started_ms,
+                finished_ms: c.finished_ms,
+                error_message: c.error_message.clone(),
+                response_status: c.response_status,
+                response_body: c.response_body.clone(),
+            })
+            .collect(),
+        next_due_ms: d.next_due_ms,
+        finished_ms: d.finished_ms,
+    });
+    serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub fn decode_dispatch(bytes: &[u8]) -> Result<Dispatch, StoreError> {
+    let DispatchRecord::V1(r) =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("dispatch: {e}")))?;
+    let event_type = if r.event_type == "TEST" {
+        EventType::Test
+    } else {
+        EventType::parse_subscribable(&r.event_type)
+            .ok_or_else(|| StoreError::Corrupt(format!("dispatch {}: {}", r.id, r.event_type)))?
+    };
+    Ok(Dispatch {
+        status: status_of(&r.status)?,
+        id: r.id,
+        user_id: r.user_id,
+        webhook_id: r.webhook_id,
+        created_ms: r.created_ms,
+        event_type,
+        event_data_json: r.event_data,
+        condition: Condition {
+            actor_id: r.condition.actor_id,
+            actor_task_id: r.condition.actor_task_id,
+            actor_run_id: r.condition.actor_run_id,
+        },
+        request_url: r.request_url,
+        is_ad_hoc: r.is_ad_hoc,
+        ignore_ssl_errors: r.ignore_ssl_errors,
+        do_not_retry: r.do_not_retry,
+        body: r.body,
+        headers: r.headers,
+        calls: r
+            .calls
+            .into_iter()
+            .map(|c| Call {
+                started_ms: c.started_ms,
+                finished_ms: c.finished_ms,
+                error_message: c.error_message,
+                response_status: c.response_status,
+                response_body: c.response_body,
+            })
+            .collect(),
+        next_due_ms: r.next_due_ms,
+        finished_ms: r.finished_ms,
+    })
 }

@@ -34,3 +34,31 @@ pub fn kind_code(kind: ConditionKind) -> u8 {
         ConditionKind::ActorRun => 3,
     }
 }
+
+/// webhook id -> (): ad-hoc webhooks that have fired their one dispatch.
+pub const WEBHOOK_FIRED: TableDefinition<&str, ()> = TableDefinition::new("webhook_fired");
+/// event id -> versioned event record (the event as accepted, with its dispatch ids).
+pub const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+/// (user, idempotency key) -> the 202 answer of the event that first used the key.
+pub const EVENT_IDEM: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("event_idem");
+/// dispatch id -> versioned dispatch record (rendered request, status, calls, next due time).
+pub const DISPATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("dispatches");
+/// (user, created_ms, dispatch id) -> ().
+pub const DISPATCHES_BY_USER: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("dispatches_by_user");
+/// (webhook id, created_ms, dispatch id) -> ().
+pub const DISPATCHES_BY_WEBHOOK: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("dispatches_by_webhook");
+/// The outbox: (target, due_ms, dispatch id) -> (). A dispatch has exactly one key here while
+/// it is ACTIVE. Partitioned by target (`scheme://host:port`) so the scheduler takes due work
+/// per target, within each target's in-flight bound.
+pub const OUTBOX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("outbox");
+/// (user, job kind, job id) -> the latest reported run or build object (JSON).
+pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
+
+pub fn job_code(kind: crate::model::JobKind) -> u8 {
+    match kind {
+        crate::model::JobKind::Run => 1,
+        crate::model::JobKind::Build => 2,
+    }
+}

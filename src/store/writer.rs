@@ -10,9 +10,13 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::storage;
+use super::records::StatsState;
 use super::schema::*;
-use super::{Created, Fatal, StoreError, records};
-use crate::model::{Webhook, WebhookPatch, WebhookStats};
+use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError, records};
+use crate::model::{
+    Call, Decision, Dispatch, DispatchStatus, EventType, LastDispatch, Webhook, WebhookPatch,
+    WebhookStats,
+};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -31,6 +35,18 @@ pub(crate) enum WriteOp {
     DeleteWebhook {
         user_id: String,
         id: String,
+        now_ms: u64,
+        reply: Reply<()>,
+    },
+    Ingest {
+        events: Vec<NewEvent>,
+        job: Option<JobReport>,
+        reply: Reply<Vec<EventAnswer>>,
+    },
+    RecordCall {
+        dispatch_id: String,
+        call: Call,
+        decision: Decision,
         reply: Reply<()>,
     },
     /// Commit what came before, then stop.
@@ -71,15 +87,22 @@ pub(crate) fn spawn(
     rx: mpsc::Receiver<WriteOp>,
     batch_max: usize,
     fatal: Arc<Fatal>,
+    outbox_changed: Arc<tokio::sync::Notify>,
 ) -> Result<WriterHandle, StoreError> {
     let thread = std::thread::Builder::new()
         .name("hookd-writer".into())
-        .spawn(move || run(&db, rx, batch_max.max(1), &fatal))
+        .spawn(move || run(&db, rx, batch_max.max(1), &fatal, &outbox_changed))
         .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
     Ok(WriterHandle { thread: Some(thread), writes })
 }
 
-fn run(db: &Database, mut rx: mpsc::Receiver<WriteOp>, batch_max: usize, fatal: &Fatal) {
+fn run(
+    db: &Database,
+    mut rx: mpsc::Receiver<WriteOp>,
+    batch_max: usize,
+    fatal: &Fatal,
+    outbox_changed: &tokio::sync::Notify,
+) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_max);
     // Ends on Close, when every sender is gone, or at the first storage error.
     while let Some(first) = rx.blocking_recv() {
@@ -91,10 +114,14 @@ fn run(db: &Database, mut rx: mpsc::Receiver<WriteOp>, batch_max: usize, fatal: 
             }
         }
         let closing = batch.iter().any(|op| matches!(op, WriteOp::Close));
-        if let Err(e) = commit_batch(db, &mut batch) {
-            tracing::error!(error = %e, "storage error; the store stops accepting writes");
-            fatal.trigger(e.to_string());
-            return;
+        match commit_batch(db, &mut batch) {
+            Ok(true) => outbox_changed.notify_one(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "storage error; the store stops accepting writes");
+                fatal.trigger(e.to_string());
+                return;
+            }
         }
         if closing {
             return;
@@ -103,12 +130,14 @@ fn run(db: &Database, mut rx: mpsc::Receiver<WriteOp>, batch_max: usize, fatal: 
 }
 
 /// Applies `batch` in one transaction and commits; answers every op either way.
-fn commit_batch(db: &Database, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
+/// `Ok(true)`: the commit added outbox keys.
+fn commit_batch(db: &Database, batch: &mut Vec<WriteOp>) -> Result<bool, StoreError> {
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+    let mut outbox_grew = false;
     let result = (|| {
         let tx = db.begin_write().map_err(storage)?;
         for op in batch.drain(..) {
-            if let Some(a) = apply(&tx, op)? {
+            if let Some(a) = apply(&tx, op, &mut outbox_grew)? {
                 answers.push(a);
             }
         }
@@ -120,18 +149,30 @@ fn commit_batch(db: &Database, batch: &mut Vec<WriteOp>) -> Result<(), StoreErro
     for a in answers {
         a(err);
     }
-    result
+    result.map(|()| outbox_grew)
 }
 
 /// Applies one op. A rule it breaks is its own answer; only storage errors abort the batch.
-fn apply(tx: &WriteTransaction, op: WriteOp) -> Result<Option<Answer>, StoreError> {
+fn apply(
+    tx: &WriteTransaction,
+    op: WriteOp,
+    outbox_grew: &mut bool,
+) -> Result<Option<Answer>, StoreError> {
     Ok(Some(match op {
         WriteOp::Close => return Ok(None),
         WriteOp::CreateWebhook { webhook, reply } => answer(reply, create(tx, webhook)?),
         WriteOp::UpdateWebhook { user_id, id, patch, now_ms, reply } => {
             answer(reply, update(tx, &user_id, &id, &patch, now_ms)?)
         }
-        WriteOp::DeleteWebhook { user_id, id, reply } => answer(reply, delete(tx, &user_id, &id)?),
+        WriteOp::DeleteWebhook { user_id, id, now_ms, reply } => {
+            answer(reply, delete(tx, &user_id, &id, now_ms)?)
+        }
+        WriteOp::Ingest { events, job, reply } => {
+            answer(reply, ingest(tx, events, job.as_ref(), outbox_grew)?)
+        }
+        WriteOp::RecordCall { dispatch_id, call, decision, reply } => {
+            answer(reply, record_call(tx, &dispatch_id, call, decision, outbox_grew)?)
+        }
     }))
 }
 
@@ -212,7 +253,7 @@ fn update(
     Ok(Ok((new, stats)))
 }
 
-fn delete(tx: &WriteTransaction, user_id: &str, id: &str) -> OpResult<()> {
+fn delete(tx: &WriteTransaction, user_id: &str, id: &str, now_ms: u64) -> OpResult<()> {
     let Some((w, _)) = load(tx, id)? else { return Ok(Err(StoreError::NotFound)) };
     if w.user_id != user_id {
         return Ok(Err(StoreError::NotFound));
@@ -224,6 +265,36 @@ fn delete(tx: &WriteTransaction, user_id: &str, id: &str) -> OpResult<()> {
         .remove((user_id, w.created_ms, id))
         .map_err(storage)?;
     index_condition(tx, &w, false)?;
+    tx.open_table(WEBHOOK_FIRED).map_err(storage)?.remove(id).map_err(storage)?;
+    // Its dispatches stay readable; the ACTIVE ones end now.
+    let active: Vec<String> = {
+        let by_webhook = tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
+        let range = by_webhook.range((id, 0u64, "")..=(id, u64::MAX, ID_MAX)).map_err(storage)?;
+        let mut ids = Vec::new();
+        for entry in range {
+            let (k, _) = entry.map_err(storage)?;
+            ids.push(k.value().2.to_string());
+        }
+        ids
+    };
+    for dispatch_id in active {
+        let Some(mut d) = load_dispatch(tx, &dispatch_id)? else { continue };
+        if d.status != DispatchStatus::Active {
+            continue;
+        }
+        unqueue(tx, &d)?;
+        d.calls.push(Call {
+            started_ms: now_ms,
+            finished_ms: now_ms,
+            error_message: Some("Webhook was removed.".into()),
+            response_status: None,
+            response_body: None,
+        });
+        d.status = DispatchStatus::Failed;
+        d.next_due_ms = None;
+        d.finished_ms = Some(now_ms);
+        save_dispatch(tx, &d)?;
+    }
     if let Some(key) = &w.idempotency_key {
         // The key is free again: Apify dedupes only against the user's existing webhooks.
         tx.open_table(WEBHOOK_IDEM)
@@ -231,5 +302,215 @@ fn delete(tx: &WriteTransaction, user_id: &str, id: &str) -> OpResult<()> {
             .remove((user_id, key.as_str()))
             .map_err(storage)?;
     }
+    Ok(Ok(()))
+}
+
+fn load_dispatch(tx: &WriteTransaction, id: &str) -> Result<Option<Dispatch>, StoreError> {
+    let table = tx.open_table(DISPATCHES).map_err(storage)?;
+    let got = table.get(id).map_err(storage)?;
+    got.map(|b| records::decode_dispatch(b.value())).transpose()
+}
+
+fn save_dispatch(tx: &WriteTransaction, d: &Dispatch) -> Result<(), StoreError> {
+    let bytes = records::encode_dispatch(d)?;
+    tx.open_table(DISPATCHES)
+        .map_err(storage)?
+        .insert(d.id.as_str(), bytes.as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Removes the dispatch's outbox key (it has one exactly while ACTIVE).
+fn unqueue(tx: &WriteTransaction, d: &Dispatch) -> Result<(), StoreError> {
+    if let Some(due) = d.next_due_ms {
+        let target = d.target_key();
+        tx.open_table(OUTBOX)
+            .map_err(storage)?
+            .remove((target.as_str(), due, d.id.as_str()))
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+fn enqueue(tx: &WriteTransaction, d: &Dispatch, due: u64) -> Result<(), StoreError> {
+    let target = d.target_key();
+    tx.open_table(OUTBOX)
+        .map_err(storage)?
+        .insert((target.as_str(), due, d.id.as_str()), ())
+        .map_err(storage)?;
+    Ok(())
+}
+
+fn load_stats(tx: &WriteTransaction, webhook_id: &str) -> Result<StatsState, StoreError> {
+    let table = tx.open_table(WEBHOOK_STATS).map_err(storage)?;
+    let got = table.get(webhook_id).map_err(storage)?;
+    Ok(match got {
+        Some(b) => records::decode_stats(b.value())?,
+        None => StatsState { stats: WebhookStats::default(), last_id: None },
+    })
+}
+
+fn save_stats(tx: &WriteTransaction, webhook_id: &str, s: &StatsState) -> Result<(), StoreError> {
+    let bytes = records::encode_stats(s)?;
+    tx.open_table(WEBHOOK_STATS)
+        .map_err(storage)?
+        .insert(webhook_id, bytes.as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Keeps `lastDispatch` in step when the webhook's latest dispatch changes status.
+fn follow_last_dispatch(tx: &WriteTransaction, d: &Dispatch) -> Result<(), StoreError> {
+    if tx
+        .open_table(WEBHOOKS)
+        .map_err(storage)?
+        .get(d.webhook_id.as_str())
+        .map_err(storage)?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let mut s = load_stats(tx, &d.webhook_id)?;
+    if s.last_id.as_deref() == Some(d.id.as_str()) {
+        s.stats.last_dispatch = Some(LastDispatch { status: d.status, finished_ms: d.finished_ms });
+        save_stats(tx, &d.webhook_id, &s)?;
+    }
+    Ok(())
+}
+
+fn job_status(object_json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(object_json).ok()?;
+    v.get("status")?.as_str().map(String::from)
+}
+
+fn ingest(
+    tx: &WriteTransaction,
+    events: Vec<NewEvent>,
+    job: Option<&JobReport>,
+    outbox_grew: &mut bool,
+) -> OpResult<Vec<EventAnswer>> {
+    if let Some(job) = job {
+        let key = (job.user_id.as_str(), job_code(job.kind), job.id.as_str());
+        let current = {
+            let jobs = tx.open_table(JOBS).map_err(storage)?;
+            let got = jobs.get(key).map_err(storage)?;
+            got.map(|b| String::from_utf8_lossy(b.value()).into_owned())
+        };
+        if current.as_deref().and_then(job_status) != job.expected_status {
+            return Ok(Err(StoreError::Conflict));
+        }
+        tx.open_table(JOBS)
+            .map_err(storage)?
+            .insert(key, job.object_json.as_bytes())
+            .map_err(storage)?;
+    }
+    let mut answers = Vec::with_capacity(events.len());
+    for event in events {
+        if let Some(key) = &event.idempotency_key {
+            let idem = tx.open_table(EVENT_IDEM).map_err(storage)?;
+            let first = idem.get((event.user_id.as_str(), key.as_str())).map_err(storage)?;
+            if let Some(b) = first {
+                let a: EventAnswer = serde_json::from_slice(b.value())
+                    .map_err(|e| StoreError::Corrupt(format!("event answer: {e}")))?;
+                answers.push(a);
+                continue;
+            }
+        }
+        let mut ids = Vec::with_capacity(event.dispatches.len());
+        for d in event.dispatches {
+            let webhook = {
+                let webhooks = tx.open_table(WEBHOOKS).map_err(storage)?;
+                let got = webhooks.get(d.webhook_id.as_str()).map_err(storage)?;
+                got.map(|b| records::decode_webhook(b.value())).transpose()?
+            };
+            // Deleted since it was matched: the event no longer reaches it.
+            let Some(webhook) = webhook.filter(|w| w.user_id == d.user_id) else { continue };
+            if webhook.is_ad_hoc && d.event_type != EventType::Test {
+                let mut fired = tx.open_table(WEBHOOK_FIRED).map_err(storage)?;
+                if fired.insert(webhook.id.as_str(), ()).map_err(storage)?.is_some() {
+                    continue; // an ad-hoc webhook fires once
+                }
+            }
+            save_dispatch(tx, &d)?;
+            tx.open_table(DISPATCHES_BY_USER)
+                .map_err(storage)?
+                .insert((d.user_id.as_str(), d.created_ms, d.id.as_str()), ())
+                .map_err(storage)?;
+            tx.open_table(DISPATCHES_BY_WEBHOOK)
+                .map_err(storage)?
+                .insert((d.webhook_id.as_str(), d.created_ms, d.id.as_str()), ())
+                .map_err(storage)?;
+            if d.status == DispatchStatus::Active
+                && let Some(due) = d.next_due_ms {
+                    enqueue(tx, &d, due)?;
+                    *outbox_grew = true;
+                }
+            let mut s = load_stats(tx, &d.webhook_id)?;
+            s.stats.total_dispatches += 1;
+            s.stats.last_dispatch =
+                Some(LastDispatch { status: d.status, finished_ms: d.finished_ms });
+            s.last_id = Some(d.id.clone());
+            save_stats(tx, &d.webhook_id, &s)?;
+            ids.push(d.id);
+        }
+        let a = EventAnswer {
+            id: event.id.clone(),
+            created_ms: event.created_ms,
+            event_type: event.event_type.as_str().to_string(),
+            dispatch_ids: ids,
+        };
+        if let Some(record) = &event.record_json {
+            let stored =
+                serde_json::json!({"v": "1", "event": record, "dispatchIds": a.dispatch_ids});
+            tx.open_table(EVENTS)
+                .map_err(storage)?
+                .insert(event.id.as_str(), stored.to_string().as_bytes())
+                .map_err(storage)?;
+        }
+        if let Some(key) = &event.idempotency_key {
+            let bytes = serde_json::to_vec(&a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.open_table(EVENT_IDEM)
+                .map_err(storage)?
+                .insert((event.user_id.as_str(), key.as_str()), bytes.as_slice())
+                .map_err(storage)?;
+        }
+        answers.push(a);
+    }
+    Ok(Ok(answers))
+}
+
+fn record_call(
+    tx: &WriteTransaction,
+    dispatch_id: &str,
+    call: Call,
+    decision: Decision,
+    outbox_grew: &mut bool,
+) -> OpResult<()> {
+    let Some(mut d) = load_dispatch(tx, dispatch_id)? else { return Ok(Ok(())) };
+    let finished_ms = call.finished_ms;
+    d.calls.push(call);
+    // A dispatch that ended while its call was in flight (its webhook was deleted) keeps
+    // its end: the call is recorded, nothing is scheduled.
+    if d.status == DispatchStatus::Active {
+        unqueue(tx, &d)?;
+        match decision {
+            Decision::RetryAt(due) => {
+                d.next_due_ms = Some(due);
+                enqueue(tx, &d, due)?;
+                *outbox_grew = true;
+            }
+            Decision::Succeeded | Decision::Failed => {
+                d.status = if decision == Decision::Succeeded {
+                    DispatchStatus::Succeeded
+                } else {
+                    DispatchStatus::Failed
+                };
+                d.next_due_ms = None;
+                d.finished_ms = Some(finished_ms);
+            }
+        }
+    }
+    save_dispatch(tx, &d)?;
+    follow_last_dispatch(tx, &d)?;
     Ok(Ok(()))
 }

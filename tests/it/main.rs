@@ -4,5 +4,6 @@
 mod api;
 mod clients;
 mod crash;
+mod delivery;
 mod support;
 mod tidy;

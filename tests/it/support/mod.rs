@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod receiver;
+
 pub const ALICE: &str = "alice";
 pub const ALICE_TOKEN: &str = "tok-alice-0123456789";
 pub const BOB: &str = "bob";
@@ -125,6 +127,50 @@ impl TestDaemon {
         }
         raw_request(self.addr, method, path, &headers, &bytes)
     }
+}
+
+impl TestDaemon {
+    /// A dispatch as the API shows it (`data`), or panics.
+    pub fn dispatch(&self, token: &str, id: &str) -> Value {
+        let r = self.req("GET", &format!("/v2/webhook-dispatches/{id}"), Some(token), None);
+        assert_eq!(r.status, 200, "dispatch {id}: {:?}", String::from_utf8_lossy(&r.body));
+        r.json()["data"].clone()
+    }
+
+    /// Waits until dispatch `id` has ended (SUCCEEDED or FAILED) and returns it.
+    pub fn wait_ended(&self, token: &str, id: &str, within: Duration) -> Value {
+        wait_until(within, &format!("dispatch {id} to end"), || {
+            let d = self.dispatch(token, id);
+            (d["status"] != "ACTIVE").then_some(d)
+        })
+    }
+
+    /// Creates a webhook from `body` for the user of `token`; returns its id.
+    pub fn create_webhook(&self, token: &str, body: &Value) -> String {
+        let r = self.req("POST", "/v2/webhooks", Some(token), Some(body));
+        assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+        r.json()["data"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Posts events; returns the 202 answer's `data`.
+    pub fn post_events(&self, token: &str, body: &Value) -> Value {
+        let r = self.req("POST", "/v2/webhook-events", Some(token), Some(body));
+        assert_eq!(r.status, 202, "{:?}", String::from_utf8_lossy(&r.body));
+        r.json()["data"].clone()
+    }
+}
+
+/// A run event of `actor` (run `run`, optionally from `task`).
+pub fn run_event(event_type: &str, actor: &str, task: Option<&str>, run: &str) -> Value {
+    let mut data = serde_json::json!({"actorId": actor, "actorRunId": run});
+    if let Some(t) = task {
+        data["actorTaskId"] = Value::String(t.to_string());
+    }
+    serde_json::json!({
+        "eventType": event_type,
+        "eventData": data,
+        "resource": {"id": run, "actId": actor, "status": "SUCCEEDED"},
+    })
 }
 
 impl Drop for TestDaemon {

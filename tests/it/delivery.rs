@@ -1,0 +1,393 @@
+//! Delivery against real receivers on loopback: payloads byte for byte, templates, reserved
+//! headers, retries and their outcomes, ad-hoc webhooks, conditions, user isolation, TLS,
+//! the SSRF guard and fairness between targets.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::receiver::{Receiver, Reply, eventually, free_port};
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Test config: private targets allowed, retries a few milliseconds apart.
+fn fast(retry_delays_ms: &str, timeout_ms: u64) -> String {
+    format!(
+        "[delivery]\nallow_private_targets = true\nretry_delays_ms = {retry_delays_ms}\ntimeout_ms = {timeout_ms}\n"
+    )
+}
+
+fn ok_receiver() -> Receiver {
+    Receiver::start(0, |_, _| Reply::Status(200))
+}
+
+#[test]
+fn default_payload_arrives_byte_for_byte_with_the_reserved_headers() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    let hook = d.create_webhook(ALICE_TOKEN, &webhook_body("actA", &rx.url("/hook")));
+    let answer = d.post_events(
+        ALICE_TOKEN,
+        &json!({
+            "eventType": "ACTOR.RUN.SUCCEEDED",
+            "eventData": {"actorId": "actA", "actorRunId": "run1", "extra": "dropped"},
+            "resource": {"id": "run1", "actId": "actA", "status": "SUCCEEDED", "exitCode": 0, "nested": {"a": [1, 2.5, null]}},
+            "createdAt": "2026-11-22T13:14:15.123Z",
+        }),
+    );
+    assert_eq!(answer["eventType"], "ACTOR.RUN.SUCCEEDED");
+    assert_eq!(answer["createdAt"], "2026-11-22T13:14:15.123Z");
+    let dispatch_id = answer["dispatchIds"][0].as_str().unwrap().to_string();
+    assert_eq!(answer["dispatchIds"].as_array().unwrap().len(), 1);
+    eventually(WAIT, "the delivery", || rx.count() == 1);
+    let got = &rx.received()[0];
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        r#"{"userId":"alice","createdAt":"2026-11-22T13:14:15.123Z","eventType":"ACTOR.RUN.SUCCEEDED","eventData":{"actorId":"actA","actorRunId":"run1"},"resource":{"id":"run1","actId":"actA","status":"SUCCEEDED","exitCode":0,"nested":{"a":[1,2.5,null]}}}"#
+    );
+    assert_eq!(got.path, "/hook");
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.header("x-apify-webhook"), Some(hook.as_str()));
+    assert_eq!(got.header("x-apify-webhook-dispatch-id"), Some(dispatch_id.as_str()));
+    assert_eq!(got.header("x-apify-request-origin"), Some("WEBHOOK"));
+    assert!(got.header("user-agent").unwrap().starts_with("hookd/"));
+    let dispatch = d.wait_ended(ALICE_TOKEN, &dispatch_id, WAIT);
+    assert_eq!(dispatch["status"], "SUCCEEDED");
+    assert_eq!(dispatch["webhookId"], hook);
+    assert_eq!(dispatch["eventData"], json!({"actorId": "actA", "actorRunId": "run1"}));
+    assert_eq!(dispatch["webhook"]["requestUrl"], rx.url("/hook"));
+    let calls = dispatch["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["responseStatus"], 200);
+    assert_eq!(calls[0]["errorMessage"], Value::Null);
+    assert_eq!(calls[0]["responseBody"], "ok");
+    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+        .clone();
+    assert_eq!(w["stats"]["totalDispatches"], 1);
+    assert_eq!(w["lastDispatch"]["status"], "SUCCEEDED");
+    assert!(w["lastDispatch"]["finishedAt"].is_string());
+}
+
+#[test]
+fn custom_templates_interpolate_and_reserved_headers_win() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    let mut body = webhook_body("actA", &rx.url("/t"));
+    body["shouldInterpolateStrings"] = json!(true);
+    body["payloadTemplate"] = json!(
+        r#"{"run": "{{resource.id}}", "msg": "Run {{resource.id}} of {{eventData.actorId}}", "code": {{resource.exitCode}}, "data": "{{eventData}}", "gone": "{{resource.nothing}}"}"#
+    );
+    body["headersTemplate"] = json!(
+        r#"{"X-Run": "{{resource.id}}", "content-TYPE": "text/plain", "X-Apify-Webhook": "forged", "User-Agent": "nope", "X-Static": "s"}"#
+    );
+    let hook = d.create_webhook(ALICE_TOKEN, &body);
+    let mut event = run_event("ACTOR.RUN.SUCCEEDED", "actA", None, "r9");
+    event["resource"]["exitCode"] = json!(3);
+    d.post_events(ALICE_TOKEN, &event);
+    eventually(WAIT, "the delivery", || rx.count() == 1);
+    let got = &rx.received()[0];
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        r#"{"run":"r9","msg":"Run r9 of actA","code":3,"data":{"actorId":"actA","actorRunId":"r9"}}"#
+    );
+    assert_eq!(got.header("x-run"), Some("r9"));
+    assert_eq!(got.header("x-static"), Some("s"));
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.header("x-apify-webhook"), Some(hook.as_str()));
+    assert!(got.header("user-agent").unwrap().starts_with("hookd/"));
+    assert_eq!(got.headers.iter().filter(|(n, _)| n == "content-type").count(), 1);
+}
+
+#[test]
+fn retries_after_500_timeout_and_refused_connection_then_succeeds() {
+    // 500 once, then 200.
+    let rx500 = Receiver::start(0, |_, i| Reply::Status(if i == 0 { 500 } else { 200 }));
+    // Hangs past the timeout once, then 200.
+    let rx_slow = Receiver::start(0, |_, i| {
+        if i == 0 { Reply::Hang(Duration::from_secs(3)) } else { Reply::Status(200) }
+    });
+    // Nothing listens at first; a receiver starts there after the first call failed.
+    let refused_port = free_port();
+    let d = TestDaemon::start(&fast("[300, 300, 300, 300]", 700));
+    let h500 = d.create_webhook(ALICE_TOKEN, &webhook_body("a500", &rx500.url("/")));
+    let hslow = d.create_webhook(ALICE_TOKEN, &webhook_body("aslow", &rx_slow.url("/")));
+    let hrefused = d.create_webhook(
+        ALICE_TOKEN,
+        &webhook_body("aref", &format!("http://127.0.0.1:{refused_port}/")),
+    );
+    let ids: Vec<String> = ["a500", "aslow", "aref"]
+        .iter()
+        .map(|a| d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", a, None, "r"))["dispatchIds"][0].as_str().unwrap().to_string())
+        .collect();
+    eventually(WAIT, "the refused call", || {
+        d.dispatch(ALICE_TOKEN, &ids[2])["calls"].as_array().unwrap().len() == 1
+    });
+    let _rx_late = Receiver::start(refused_port, |_, _| Reply::Status(200));
+    for (id, hook) in ids.iter().zip([&h500, &hslow, &hrefused]) {
+        let dispatch = d.wait_ended(ALICE_TOKEN, id, WAIT);
+        assert_eq!(dispatch["status"], "SUCCEEDED", "{dispatch}");
+        let calls = dispatch["calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2, "{dispatch}");
+        assert_eq!(calls[1]["responseStatus"], 200);
+        assert_eq!(calls[1]["errorMessage"], Value::Null);
+        assert!(calls[0]["errorMessage"].is_string());
+        let w =
+            d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+                .clone();
+        assert_eq!(w["lastDispatch"]["status"], "SUCCEEDED");
+    }
+    let first = |id: &String| d.dispatch(ALICE_TOKEN, id)["calls"][0].clone();
+    assert_eq!(first(&ids[0])["responseStatus"], 500);
+    assert_eq!(first(&ids[0])["errorMessage"], "Endpoint responded with HTTP status code 500");
+    assert_eq!(first(&ids[1])["errorMessage"], "Request timed out after 700 ms");
+    assert_eq!(first(&ids[1])["responseStatus"], Value::Null);
+    let refused = first(&ids[2])["errorMessage"].as_str().unwrap().to_string();
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+}
+
+#[test]
+fn fails_after_the_last_delay_and_do_not_retry_means_one_call() {
+    let rx = Receiver::start(0, |_, _| Reply::Status(500));
+    let d = TestDaemon::start(&fast("[20, 20]", 5000));
+    let hook = d.create_webhook(ALICE_TOKEN, &webhook_body("a1", &rx.url("/")));
+    let mut once = webhook_body("a2", &rx.url("/"));
+    once["doNotRetry"] = json!(true);
+    d.create_webhook(ALICE_TOKEN, &once);
+    let retried = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "a1", None, "r"))["dispatchIds"][0].as_str().unwrap().to_string();
+    let single = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "a2", None, "r"))["dispatchIds"][0].as_str().unwrap().to_string();
+    let dispatch = d.wait_ended(ALICE_TOKEN, &retried, WAIT);
+    assert_eq!(dispatch["status"], "FAILED");
+    let calls = dispatch["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3, "{dispatch}");
+    assert!(calls.iter().all(|c| c["responseStatus"] == 500 && c["responseBody"] == "ok"));
+    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+        .clone();
+    assert_eq!(w["lastDispatch"]["status"], "FAILED");
+    let dispatch = d.wait_ended(ALICE_TOKEN, &single, WAIT);
+    assert_eq!(dispatch["status"], "FAILED");
+    assert_eq!(dispatch["calls"].as_array().unwrap().len(), 1);
+    // Nothing more arrives for either.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.count(), 4);
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let rx = Receiver::start(0, |_, i| {
+        if i == 0 {
+            Reply::StatusWith(429, vec![("Retry-After".into(), "1".into())])
+        } else {
+            Reply::Status(200)
+        }
+    });
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    d.create_webhook(ALICE_TOKEN, &webhook_body("a", &rx.url("/")));
+    let id =
+        d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.FAILED", "a", None, "r"))["dispatchIds"]
+            .clone();
+    assert_eq!(id.as_array().unwrap().len(), 0, "a SUCCEEDED-only webhook does not fire on FAILED");
+    let id = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r"))["dispatchIds"][0].as_str().unwrap().to_string();
+    let dispatch = d.wait_ended(ALICE_TOKEN, &id, WAIT);
+    assert_eq!(dispatch["status"], "SUCCEEDED");
+    let got = rx.received();
+    assert_eq!(got.len(), 2);
+    // The retry waited for the second Retry-After asked for, not the 10 ms schedule.
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(1000));
+}
+
+#[test]
+fn ad_hoc_webhook_fires_once() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    let hook = d.create_webhook(
+        ALICE_TOKEN,
+        &json!({"eventTypes": ["ACTOR.RUN.SUCCEEDED", "ACTOR.RUN.FAILED"], "condition": {"actorRunId": "run7"},
+                "isAdHoc": true, "requestUrl": rx.url("/adhoc")}),
+    );
+    let first = d.post_events(
+        ALICE_TOKEN,
+        &json!([
+            run_event("ACTOR.RUN.SUCCEEDED", "a", None, "run7"),
+            run_event("ACTOR.RUN.FAILED", "a", None, "run7"),
+        ]),
+    );
+    let later = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "a", None, "run7"));
+    assert_eq!(first[0]["dispatchIds"].as_array().unwrap().len(), 1);
+    assert_eq!(first[1]["dispatchIds"].as_array().unwrap().len(), 0);
+    assert_eq!(later["dispatchIds"].as_array().unwrap().len(), 0);
+    eventually(WAIT, "the one delivery", || rx.count() == 1);
+    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+        .clone();
+    assert_eq!(w["stats"]["totalDispatches"], 1);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.count(), 1);
+}
+
+#[test]
+fn conditions_match_exactly_the_right_events_and_users_stay_apart() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    let all_types = json!([
+        "ACTOR.RUN.CREATED",
+        "ACTOR.RUN.SUCCEEDED",
+        "ACTOR.RUN.FAILED",
+        "ACTOR.RUN.ABORTED",
+        "ACTOR.RUN.TIMED_OUT",
+        "ACTOR.RUN.RESURRECTED",
+        "ACTOR.BUILD.CREATED",
+        "ACTOR.BUILD.SUCCEEDED",
+        "ACTOR.BUILD.FAILED",
+        "ACTOR.BUILD.ABORTED",
+        "ACTOR.BUILD.TIMED_OUT"
+    ]);
+    let hook = |token: &str, name: &str, condition: Value| {
+        d.create_webhook(token, &json!({"eventTypes": all_types, "condition": condition, "requestUrl": rx.url(&format!("/{name}"))}))
+    };
+    hook(ALICE_TOKEN, "actor", json!({"actorId": "A"}));
+    hook(ALICE_TOKEN, "task", json!({"actorTaskId": "T"}));
+    hook(ALICE_TOKEN, "run", json!({"actorRunId": "R2"}));
+    hook(ALICE_TOKEN, "actor-task", json!({"actorId": "A", "actorTaskId": "T"}));
+    hook(ALICE_TOKEN, "other", json!({"actorId": "X"}));
+    hook(BOB_TOKEN, "bob", json!({"actorId": "A"}));
+    let events = json!([
+        run_event("ACTOR.RUN.SUCCEEDED", "A", Some("T"), "R1"),
+        run_event("ACTOR.RUN.FAILED", "A", None, "R2"),
+        {"eventType": "ACTOR.BUILD.SUCCEEDED", "eventData": {"actorId": "A", "actorBuildId": "B1"}},
+        run_event("ACTOR.RUN.CREATED", "Y", None, "R3"),
+    ]);
+    let answers = d.post_events(ALICE_TOKEN, &events);
+    let counts: Vec<usize> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["dispatchIds"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(counts, vec![3, 2, 1, 0]);
+    eventually(WAIT, "six deliveries", || rx.count() == 6);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut got: Vec<(String, String)> = rx
+        .received()
+        .iter()
+        .map(|r| {
+            let b = r.json();
+            let id = b["eventData"]["actorRunId"]
+                .as_str()
+                .or(b["eventData"]["actorBuildId"].as_str())
+                .unwrap()
+                .to_string();
+            (r.path.clone(), id)
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(String, String)> = [
+        ("/actor", "B1"),
+        ("/actor", "R1"),
+        ("/actor", "R2"),
+        ("/actor-task", "R1"),
+        ("/run", "R2"),
+        ("/task", "R1"),
+    ]
+    .iter()
+    .map(|(p, i)| (p.to_string(), i.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // Bob's event reaches only Bob's webhook.
+    d.post_events(BOB_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "A", Some("T"), "R9"));
+    eventually(WAIT, "bob's delivery", || rx.count() == 7);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.count(), 7);
+    assert_eq!(rx.received()[6].path, "/bob");
+    let bob_dispatches =
+        d.req("GET", "/v2/webhook-dispatches", Some(BOB_TOKEN), None).json()["data"].clone();
+    assert_eq!(bob_dispatches["total"], 1);
+}
+
+#[test]
+fn tls_self_signed_is_refused_unless_ssl_errors_are_ignored() {
+    let rx = Receiver::start_tls(|_, _| Reply::Status(200));
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    let url = format!("https://localhost:{}/tls", rx.addr.port());
+    let mut strict = webhook_body("strict", &url);
+    strict["doNotRetry"] = json!(true);
+    let mut lax = webhook_body("lax", &url);
+    lax["ignoreSslErrors"] = json!(true);
+    d.create_webhook(ALICE_TOKEN, &strict);
+    d.create_webhook(ALICE_TOKEN, &lax);
+    let id = |actor: &str| {
+        d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", actor, None, "r"))["dispatchIds"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (strict_id, lax_id) = (id("strict"), id("lax"));
+    let refused = d.wait_ended(ALICE_TOKEN, &strict_id, WAIT);
+    assert_eq!(refused["status"], "FAILED");
+    let message = refused["calls"][0]["errorMessage"].as_str().unwrap().to_string();
+    assert!(message.contains("certificate"), "{message}");
+    let reached = d.wait_ended(ALICE_TOKEN, &lax_id, WAIT);
+    assert_eq!(reached["status"], "SUCCEEDED", "{reached}");
+    assert_eq!(rx.count(), 1);
+    assert_eq!(rx.received()[0].path, "/tls");
+}
+
+#[test]
+fn private_targets_are_refused_before_connecting() {
+    let rx = ok_receiver();
+    let port = rx.addr.port();
+    let d = TestDaemon::start("[delivery]\nallow_private_targets = false\nretry_delays_ms = [10]\n");
+    let targets = [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::1]:{port}/"),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        format!("http://0x7f.1:{port}/"),
+        format!("http://2130706433:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+    ];
+    for (i, url) in targets.iter().enumerate() {
+        let mut body = webhook_body(&format!("a{i}"), url);
+        body["doNotRetry"] = json!(true);
+        d.create_webhook(ALICE_TOKEN, &body);
+    }
+    for (i, url) in targets.iter().enumerate() {
+        let id = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", &format!("a{i}"), None, "r"))["dispatchIds"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let dispatch = d.wait_ended(ALICE_TOKEN, &id, WAIT);
+        assert_eq!(dispatch["status"], "FAILED", "{url}");
+        let message = dispatch["calls"][0]["errorMessage"].as_str().unwrap().to_string();
+        assert!(message.contains("not a public address") || message.contains("non-public"), "{url}: {message}");
+        assert!(message.contains("allow_private_targets"), "{url}: {message}");
+    }
+    assert_eq!(rx.connections(), 0, "a forbidden target was connected to");
+}
+
+#[test]
+fn a_dead_target_does_not_hold_up_a_healthy_one() {
+    // The dead target accepts and never answers; each call times out after 2 s.
+    let dead = Receiver::start(0, |_, _| Reply::Hang(Duration::from_secs(10)));
+    let healthy = ok_receiver();
+    let d = TestDaemon::start(
+        "[delivery]\nallow_private_targets = true\nretry_delays_ms = [50, 50]\ntimeout_ms = 2000\nper_target_inflight_max = 4\ninflight_max = 8\n",
+    );
+    d.create_webhook(ALICE_TOKEN, &webhook_body("dead", &dead.url("/")));
+    d.create_webhook(ALICE_TOKEN, &webhook_body("healthy", &healthy.url("/")));
+    let start = std::time::Instant::now();
+    // The dead target's events come first, so its dispatches are due first.
+    let dead_events: Vec<Value> = (0..30).map(|i| run_event("ACTOR.RUN.SUCCEEDED", "dead", None, &format!("d{i}"))).collect();
+    let healthy_events: Vec<Value> = (0..30).map(|i| run_event("ACTOR.RUN.SUCCEEDED", "healthy", None, &format!("h{i}"))).collect();
+    let dead_ids: Vec<String> = d.post_events(ALICE_TOKEN, &Value::Array(dead_events)).as_array().unwrap().iter()
+        .map(|a| a["dispatchIds"][0].as_str().unwrap().to_string()).collect();
+    d.post_events(ALICE_TOKEN, &Value::Array(healthy_events));
+    eventually(WAIT, "all healthy deliveries", || healthy.count() == 30);
+    // Bound: every healthy delivery arrived before the dead target's first call timed out,
+    // while the dead target held only its per-target share of the in-flight slots.
+    let elapsed = start.elapsed();
+    assert!(dead.count() <= 4, "dead target got {} calls at once", dead.count());
+    let completed_dead_calls: usize =
+        dead_ids.iter().map(|id| d.dispatch(ALICE_TOKEN, id)["calls"].as_array().unwrap().len()).sum();
+    assert_eq!(completed_dead_calls, 0, "healthy deliveries took {elapsed:?}, past the dead target's timeout");
+    println!("30 healthy deliveries in {elapsed:?} beside a dead target");
+}
