@@ -105,9 +105,10 @@ pub async fn list(
 ) -> Result<Resp, ApiError> {
     let page = query.page(LIST_LIMIT_MAX)?;
     if let DispatchScope::Webhook(id) = &scope
-        && state.store.get_webhook(user.id.clone(), id.clone()).await?.is_none() {
-            return Err(not_found());
-        }
+        && state.store.get_webhook(user.id.clone(), id.clone()).await?.is_none()
+    {
+        return Err(not_found());
+    }
     let result = state.store.list_dispatches(user.id.clone(), scope, page).await?;
     let items: Vec<Value> = result.items.iter().map(dispatch_json).collect();
     Ok(json_response(

@@ -39,9 +39,10 @@ impl Renderer {
     fn compiled(&self, w: &Webhook) -> Result<Arc<Compiled>, TemplateError> {
         if let Ok(cache) = self.cache.lock()
             && let Some((version, c)) = cache.get(&w.id)
-                && *version == w.modified_ms {
-                    return Ok(c.clone());
-                }
+            && *version == w.modified_ms
+        {
+            return Ok(c.clone());
+        }
         let c = Arc::new(Compiled {
             payload: Template::parse(&w.payload_template, w.should_interpolate_strings)?,
             headers: w

@@ -321,9 +321,10 @@ impl tower_service::Service<Uri> for GuardedConnector {
         if !self.allow_private {
             let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
             if let Ok(ip) = host.parse::<IpAddr>()
-                && is_forbidden_ip(ip) {
-                    return Box::pin(async move { Err(forbidden_error(ip).into()) });
-                }
+                && is_forbidden_ip(ip)
+            {
+                return Box::pin(async move { Err(forbidden_error(ip).into()) });
+            }
         }
         let fut = self.inner.call(uri);
         Box::pin(async move { fut.await.map_err(Into::into) })

@@ -170,7 +170,17 @@ impl Store {
         write_queue_max: usize,
         write_batch_max: usize,
     ) -> Result<(Store, WriterHandle), StoreError> {
-        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(storage)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        let announced = AtomicBool::new(false);
+        builder.set_repair_callback(move |session| {
+            // Called only when the last shutdown was unclean (kill -9, crash, power loss).
+            if !announced.swap(true, Ordering::SeqCst) {
+                tracing::warn!("the store was not closed cleanly; repairing it");
+            }
+            tracing::debug!(progress = session.progress(), "repair");
+        });
+        let db = builder.create(path).map_err(storage)?;
         init_schema(&db)?;
         let db = Arc::new(db);
         let fatal = Arc::new(Fatal::default());
@@ -296,9 +306,10 @@ impl Store {
                             cache.insert(id.clone(), w.filter(|_| !spent));
                         }
                         if let Some(Some(w)) = cache.get(&id)
-                            && w.matches(*event_type, data) {
-                                matched.push(w.clone());
-                            }
+                            && w.matches(*event_type, data)
+                        {
+                            matched.push(w.clone());
+                        }
                     }
                 }
                 matched.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));

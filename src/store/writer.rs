@@ -441,10 +441,11 @@ fn ingest(
                 .insert((d.webhook_id.as_str(), d.created_ms, d.id.as_str()), ())
                 .map_err(storage)?;
             if d.status == DispatchStatus::Active
-                && let Some(due) = d.next_due_ms {
-                    enqueue(tx, &d, due)?;
-                    *outbox_grew = true;
-                }
+                && let Some(due) = d.next_due_ms
+            {
+                enqueue(tx, &d, due)?;
+                *outbox_grew = true;
+            }
             let mut s = load_stats(tx, &d.webhook_id)?;
             s.stats.total_dispatches += 1;
             s.stats.last_dispatch =

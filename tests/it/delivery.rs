@@ -335,7 +335,8 @@ fn tls_self_signed_is_refused_unless_ssl_errors_are_ignored() {
 fn private_targets_are_refused_before_connecting() {
     let rx = ok_receiver();
     let port = rx.addr.port();
-    let d = TestDaemon::start("[delivery]\nallow_private_targets = false\nretry_delays_ms = [10]\n");
+    let d =
+        TestDaemon::start("[delivery]\nallow_private_targets = false\nretry_delays_ms = [10]\n");
     let targets = [
         format!("http://127.0.0.1:{port}/"),
         format!("http://localhost:{port}/"),
@@ -351,14 +352,20 @@ fn private_targets_are_refused_before_connecting() {
         d.create_webhook(ALICE_TOKEN, &body);
     }
     for (i, url) in targets.iter().enumerate() {
-        let id = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", &format!("a{i}"), None, "r"))["dispatchIds"][0]
+        let id = d.post_events(
+            ALICE_TOKEN,
+            &run_event("ACTOR.RUN.SUCCEEDED", &format!("a{i}"), None, "r"),
+        )["dispatchIds"][0]
             .as_str()
             .unwrap()
             .to_string();
         let dispatch = d.wait_ended(ALICE_TOKEN, &id, WAIT);
         assert_eq!(dispatch["status"], "FAILED", "{url}");
         let message = dispatch["calls"][0]["errorMessage"].as_str().unwrap().to_string();
-        assert!(message.contains("not a public address") || message.contains("non-public"), "{url}: {message}");
+        assert!(
+            message.contains("not a public address") || message.contains("non-public"),
+            "{url}: {message}"
+        );
         assert!(message.contains("allow_private_targets"), "{url}: {message}");
     }
     assert_eq!(rx.connections(), 0, "a forbidden target was connected to");
@@ -376,18 +383,364 @@ fn a_dead_target_does_not_hold_up_a_healthy_one() {
     d.create_webhook(ALICE_TOKEN, &webhook_body("healthy", &healthy.url("/")));
     let start = std::time::Instant::now();
     // The dead target's events come first, so its dispatches are due first.
-    let dead_events: Vec<Value> = (0..30).map(|i| run_event("ACTOR.RUN.SUCCEEDED", "dead", None, &format!("d{i}"))).collect();
-    let healthy_events: Vec<Value> = (0..30).map(|i| run_event("ACTOR.RUN.SUCCEEDED", "healthy", None, &format!("h{i}"))).collect();
-    let dead_ids: Vec<String> = d.post_events(ALICE_TOKEN, &Value::Array(dead_events)).as_array().unwrap().iter()
-        .map(|a| a["dispatchIds"][0].as_str().unwrap().to_string()).collect();
+    let dead_events: Vec<Value> =
+        (0..30).map(|i| run_event("ACTOR.RUN.SUCCEEDED", "dead", None, &format!("d{i}"))).collect();
+    let healthy_events: Vec<Value> = (0..30)
+        .map(|i| run_event("ACTOR.RUN.SUCCEEDED", "healthy", None, &format!("h{i}")))
+        .collect();
+    let dead_ids: Vec<String> = d
+        .post_events(ALICE_TOKEN, &Value::Array(dead_events))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["dispatchIds"][0].as_str().unwrap().to_string())
+        .collect();
     d.post_events(ALICE_TOKEN, &Value::Array(healthy_events));
     eventually(WAIT, "all healthy deliveries", || healthy.count() == 30);
     // Bound: every healthy delivery arrived before the dead target's first call timed out,
     // while the dead target held only its per-target share of the in-flight slots.
     let elapsed = start.elapsed();
     assert!(dead.count() <= 4, "dead target got {} calls at once", dead.count());
-    let completed_dead_calls: usize =
-        dead_ids.iter().map(|id| d.dispatch(ALICE_TOKEN, id)["calls"].as_array().unwrap().len()).sum();
-    assert_eq!(completed_dead_calls, 0, "healthy deliveries took {elapsed:?}, past the dead target's timeout");
+    let completed_dead_calls: usize = dead_ids
+        .iter()
+        .map(|id| d.dispatch(ALICE_TOKEN, id)["calls"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        completed_dead_calls, 0,
+        "healthy deliveries took {elapsed:?}, past the dead target's timeout"
+    );
     println!("30 healthy deliveries in {elapsed:?} beside a dead target");
+}
+
+#[test]
+fn a_dropped_connection_is_a_failed_call_and_is_retried() {
+    let rx = Receiver::start(0, |_, i| if i == 0 { Reply::Drop } else { Reply::Status(204) });
+    let d = TestDaemon::start(&fast("[20]", 5000));
+    d.create_webhook(ALICE_TOKEN, &webhook_body("a", &rx.url("/")));
+    let id = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r"))["dispatchIds"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dispatch = d.wait_ended(ALICE_TOKEN, &id, WAIT);
+    assert_eq!(dispatch["status"], "SUCCEEDED");
+    let calls = dispatch["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls[0]["errorMessage"].as_str().unwrap().starts_with("Cannot send request"),
+        "{dispatch}"
+    );
+    assert_eq!(calls[1]["responseStatus"], 204);
+}
+
+#[test]
+fn deleting_a_webhook_ends_its_active_dispatches() {
+    let rx = Receiver::start(0, |_, _| Reply::Status(500));
+    let d = TestDaemon::start(&fast("[60000]", 5000));
+    let hook = d.create_webhook(ALICE_TOKEN, &webhook_body("a", &rx.url("/")));
+    let id = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r"))["dispatchIds"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(WAIT, "the first call", || {
+        d.dispatch(ALICE_TOKEN, &id)["calls"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(d.dispatch(ALICE_TOKEN, &id)["status"], "ACTIVE");
+    assert_eq!(
+        d.req("DELETE", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).status,
+        204
+    );
+    let dispatch = d.dispatch(ALICE_TOKEN, &id);
+    assert_eq!(dispatch["status"], "FAILED");
+    let calls = dispatch["calls"].as_array().unwrap();
+    assert_eq!(calls.last().unwrap()["errorMessage"], "Webhook was removed.");
+    assert_eq!(
+        d.req("GET", "/v2/webhook-dispatches", Some(ALICE_TOKEN), None).json()["data"]["total"],
+        1
+    );
+    assert_eq!(
+        d.req("GET", &format!("/v2/webhooks/{hook}/dispatches"), Some(ALICE_TOKEN), None).status,
+        404
+    );
+}
+
+#[test]
+fn dispatch_routes_test_list_and_get() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    let hook = d.create_webhook(ALICE_TOKEN, &webhook_body("a", &rx.url("/")));
+    // The test route takes any body and content type, or none.
+    let r = raw_request(
+        d.addr,
+        "POST",
+        &format!("/v2/webhooks/{hook}/test"),
+        &[
+            ("Authorization", &format!("Bearer {ALICE_TOKEN}")),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+    let test = r.json()["data"].clone();
+    assert_eq!(test["eventType"], "TEST");
+    assert_eq!(test["eventData"], Value::Null);
+    assert_eq!(test["status"], "ACTIVE");
+    assert_eq!(test["webhook"]["actionType"], "HTTP_REQUEST");
+    let r = raw_request(
+        d.addr,
+        "POST",
+        &format!("/v2/webhooks/{hook}/test"),
+        &[("Authorization", &format!("Bearer {ALICE_TOKEN}")), ("Content-Type", "text/plain")],
+        b"not json at all",
+    );
+    assert_eq!(r.status, 201);
+    eventually(WAIT, "two test deliveries", || rx.count() == 2);
+    let body = rx.received()[0].json();
+    assert_eq!(body["eventType"], "TEST");
+    assert_eq!(body["eventData"], Value::Null);
+    assert!(body["resource"].is_object());
+    let ended = d.wait_ended(ALICE_TOKEN, test["id"].as_str().unwrap(), WAIT);
+    assert_eq!(ended["status"], "SUCCEEDED");
+    let event = d.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r"));
+    let list = d
+        .req(
+            "GET",
+            &format!("/v2/webhooks/{hook}/dispatches?desc=1&limit=2"),
+            Some(ALICE_TOKEN),
+            None,
+        )
+        .json()["data"]
+        .clone();
+    assert_eq!(list["total"], 3);
+    assert_eq!(list["count"], 2);
+    assert_eq!(list["items"][0]["id"], event["dispatchIds"][0]);
+    assert_eq!(list["items"][0]["eventType"], "ACTOR.RUN.SUCCEEDED");
+    let all =
+        d.req("GET", "/v2/webhook-dispatches?offset=1", Some(ALICE_TOKEN), None).json()["data"]
+            .clone();
+    assert_eq!(all["total"], 3);
+    assert_eq!(all["count"], 2);
+    // Another user sees none of it.
+    assert_eq!(
+        d.req("GET", &format!("/v2/webhooks/{hook}/test"), Some(ALICE_TOKEN), None).status,
+        405
+    );
+    assert_eq!(
+        d.req("POST", &format!("/v2/webhooks/{hook}/test"), Some(BOB_TOKEN), None).status,
+        404
+    );
+    assert_eq!(
+        d.req("GET", &format!("/v2/webhooks/{hook}/dispatches"), Some(BOB_TOKEN), None).status,
+        404
+    );
+    let id = test["id"].as_str().unwrap();
+    let r = d.req("GET", &format!("/v2/webhook-dispatches/{id}"), Some(BOB_TOKEN), None);
+    assert_eq!((r.status, r.error_type()), (404, "record-not-found".to_string()));
+    assert_eq!(
+        d.req("GET", "/v2/webhook-dispatches", Some(BOB_TOKEN), None).json()["data"]["total"],
+        0
+    );
+    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+        .clone();
+    assert_eq!(w["stats"]["totalDispatches"], 3);
+}
+
+#[test]
+fn event_idempotency_keys_replay_the_first_answer() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    d.create_webhook(ALICE_TOKEN, &webhook_body("a", &rx.url("/")));
+    let mut e = run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r");
+    e["idempotencyKey"] = json!("evt-1");
+    let first = d.post_events(ALICE_TOKEN, &e);
+    let again = d.post_events(ALICE_TOKEN, &e);
+    assert_eq!(first, again);
+    let in_array =
+        d.post_events(ALICE_TOKEN, &json!([e, run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r2")]));
+    assert_eq!(in_array[0], first);
+    eventually(WAIT, "two deliveries", || rx.count() == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.count(), 2);
+    // Bob's keys are his own.
+    let bobs = d.post_events(BOB_TOKEN, &e);
+    assert_ne!(bobs["id"], first["id"]);
+}
+
+#[test]
+fn bad_events_are_refused_and_change_nothing() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    d.create_webhook(ALICE_TOKEN, &webhook_body("a", &rx.url("/")));
+    let good = run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r");
+    let with = |k: &str, v: Value| {
+        let mut e = good.clone();
+        e[k] = v;
+        e
+    };
+    let many: Vec<Value> = (0..1001).map(|_| good.clone()).collect();
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        ("empty array", json!([]), "invalid-request", "empty"),
+        ("too many", Value::Array(many), "invalid-request", "1000"),
+        ("a string", json!("x"), "invalid-request", "event"),
+        (
+            "unknown type",
+            with("eventType", json!("ACTOR.RUN.STARTED")),
+            "invalid-input",
+            "eventType",
+        ),
+        ("TEST type", with("eventType", json!("TEST")), "invalid-input", "eventType"),
+        ("no type", with("eventType", Value::Null), "invalid-input", "eventType"),
+        ("no data", with("eventData", Value::Null), "invalid-input", "eventData"),
+        (
+            "no run id",
+            with("eventData", json!({"actorId": "a"})),
+            "invalid-input",
+            "eventData.actorRunId",
+        ),
+        (
+            "no actor id",
+            with("eventData", json!({"actorRunId": "r"})),
+            "invalid-input",
+            "eventData.actorId",
+        ),
+        (
+            "build without build id",
+            json!({"eventType": "ACTOR.BUILD.FAILED", "eventData": {"actorId": "a", "actorRunId": "r"}}),
+            "invalid-input",
+            "eventData.actorBuildId",
+        ),
+        ("resource a string", with("resource", json!("x")), "invalid-input", "resource"),
+        ("bad createdAt", with("createdAt", json!("yesterday")), "invalid-input", "createdAt"),
+        (
+            "long key",
+            with("idempotencyKey", json!("k".repeat(129))),
+            "invalid-input",
+            "idempotencyKey",
+        ),
+        (
+            "one bad in an array",
+            json!([good, with("eventType", json!("nope"))]),
+            "invalid-input",
+            "Event 1",
+        ),
+    ];
+    for (name, body, kind, message) in cases {
+        let r = d.req("POST", "/v2/webhook-events", Some(ALICE_TOKEN), Some(&body));
+        assert_eq!(r.status, 400, "{name}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error_type(), kind, "{name}");
+        let m = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(m.contains(message), "{name}: {m}");
+    }
+    assert_eq!(
+        d.req("GET", "/v2/webhook-dispatches", Some(ALICE_TOKEN), None).json()["data"]["total"],
+        0
+    );
+    assert_eq!(d.req("POST", "/v2/webhook-events", None, Some(&good)).status, 401);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rx.count(), 0);
+}
+
+#[test]
+fn run_and_build_state_reports_raise_the_implied_events() {
+    let rx = ok_receiver();
+    let d = TestDaemon::start(&fast("[10]", 5000));
+    let all_types = json!([
+        "ACTOR.RUN.CREATED",
+        "ACTOR.RUN.SUCCEEDED",
+        "ACTOR.RUN.FAILED",
+        "ACTOR.RUN.ABORTED",
+        "ACTOR.RUN.TIMED_OUT",
+        "ACTOR.RUN.RESURRECTED",
+        "ACTOR.BUILD.CREATED",
+        "ACTOR.BUILD.SUCCEEDED",
+        "ACTOR.BUILD.FAILED",
+        "ACTOR.BUILD.ABORTED",
+        "ACTOR.BUILD.TIMED_OUT"
+    ]);
+    d.create_webhook(
+        ALICE_TOKEN,
+        &json!({"eventTypes": all_types, "condition": {"actorId": "A"}, "requestUrl": rx.url("/")}),
+    );
+    // (path, status, HTTP status, events raised)
+    let steps: &[(&str, &str, u16, &[&str])] = &[
+        ("actor-runs/run1", "READY", 200, &["ACTOR.RUN.CREATED"]),
+        ("actor-runs/run1", "RUNNING", 200, &[]),
+        ("actor-runs/run1", "SUCCEEDED", 200, &["ACTOR.RUN.SUCCEEDED"]),
+        ("actor-runs/run1", "FAILED", 409, &[]),
+        ("actor-runs/run1", "RUNNING", 200, &["ACTOR.RUN.RESURRECTED"]),
+        ("actor-runs/run1", "TIMING-OUT", 200, &[]),
+        ("actor-runs/run1", "TIMED-OUT", 200, &["ACTOR.RUN.TIMED_OUT"]),
+        ("actor-runs/run2", "FAILED", 200, &["ACTOR.RUN.CREATED", "ACTOR.RUN.FAILED"]),
+        ("actor-runs/run3", "RUNNING", 200, &["ACTOR.RUN.CREATED"]),
+        ("actor-runs/run3", "ABORTING", 200, &[]),
+        ("actor-runs/run3", "ABORTED", 200, &["ACTOR.RUN.ABORTED"]),
+        ("actor-runs/run3", "SUCCEEDED", 409, &[]),
+        ("actor-builds/b1", "RUNNING", 200, &["ACTOR.BUILD.CREATED"]),
+        ("actor-builds/b1", "SUCCEEDED", 200, &["ACTOR.BUILD.SUCCEEDED"]),
+        ("actor-builds/b1", "ABORTED", 409, &[]),
+        ("actor-builds/b2", "TIMED-OUT", 200, &["ACTOR.BUILD.CREATED", "ACTOR.BUILD.TIMED_OUT"]),
+        ("actor-builds/b3", "RUNNING", 200, &["ACTOR.BUILD.CREATED"]),
+        ("actor-builds/b3", "FAILED", 200, &["ACTOR.BUILD.FAILED"]),
+    ];
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for (path, status, http, raised) in steps {
+        let before = d.req("GET", &format!("/v2/{path}"), Some(ALICE_TOKEN), None);
+        let body = json!({"actId": "A", "status": status, "defaultDatasetId": "ds1", "startedAt": "2026-11-22T13:00:00.000Z"});
+        let r = d.req("PUT", &format!("/v2/{path}"), Some(ALICE_TOKEN), Some(&body));
+        assert_eq!(r.status, *http, "{path} -> {status}: {:?}", String::from_utf8_lossy(&r.body));
+        let after = d.req("GET", &format!("/v2/{path}"), Some(ALICE_TOKEN), None);
+        if *http == 409 {
+            assert_eq!(r.error_type(), "invalid-state-transition");
+            assert_eq!(after.json(), before.json(), "a refused report changed the stored job");
+        } else {
+            assert_eq!(after.json()["data"]["status"], *status);
+            assert_eq!(after.json()["data"]["defaultDatasetId"], "ds1");
+        }
+        // The dispatches this report created: every one not seen before.
+        let list =
+            d.req("GET", "/v2/webhook-dispatches", Some(ALICE_TOKEN), None).json()["data"].clone();
+        let mut got: Vec<String> = Vec::new();
+        for item in list["items"].as_array().unwrap() {
+            if seen.insert(item["id"].as_str().unwrap().to_string()) {
+                got.push(item["eventType"].as_str().unwrap().to_string());
+            }
+        }
+        got.sort();
+        let mut want: Vec<String> = raised.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "{path} -> {status}");
+    }
+    let expected_total = seen.len();
+    eventually(WAIT, "every delivery", || rx.count() == expected_total);
+    // The stored run is each event's resource.
+    let run = rx
+        .received()
+        .into_iter()
+        .map(|r| r.json())
+        .find(|b| b["eventType"] == "ACTOR.RUN.SUCCEEDED")
+        .unwrap();
+    assert_eq!(run["resource"]["id"], "run1");
+    assert_eq!(run["resource"]["status"], "SUCCEEDED");
+    assert_eq!(run["eventData"], json!({"actorId": "A", "actorRunId": "run1"}));
+    let r = d.req("GET", "/v2/actor-runs/nope", Some(ALICE_TOKEN), None);
+    assert_eq!((r.status, r.error_type()), (404, "record-not-found".to_string()));
+    assert_eq!(d.req("GET", "/v2/actor-runs/run1", Some(BOB_TOKEN), None).status, 404);
+    let r = d.req(
+        "PUT",
+        "/v2/actor-runs/x",
+        Some(ALICE_TOKEN),
+        Some(&json!({"actId": "A", "status": "DONE"})),
+    );
+    assert_eq!((r.status, r.error_type()), (400, "invalid-input".to_string()));
+    let r = d.req("PUT", "/v2/actor-runs/x", Some(ALICE_TOKEN), Some(&json!({"status": "READY"})));
+    assert_eq!((r.status, r.error_type()), (400, "invalid-input".to_string()));
+    // A task run carries actorTaskId in eventData.
+    d.req(
+        "PUT",
+        "/v2/actor-runs/t1",
+        Some(ALICE_TOKEN),
+        Some(&json!({"actId": "A", "actorTaskId": "T", "status": "RUNNING"})),
+    );
+    eventually(WAIT, "the task run's delivery", || rx.count() == expected_total + 1);
+    let last = rx.received().last().unwrap().json();
+    assert_eq!(last["eventData"], json!({"actorId": "A", "actorTaskId": "T", "actorRunId": "t1"}));
 }

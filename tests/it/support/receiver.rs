@@ -37,6 +37,8 @@ pub enum Reply {
     Hang(Duration),
     /// Close the connection without an answer.
     Drop,
+    /// Answer with this status after waiting this long.
+    Delayed(Duration, u16),
 }
 
 type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
@@ -195,6 +197,10 @@ fn serve<S: Read + Write>(stream: S, received: &Mutex<Vec<Received>>, script: &M
                 return;
             }
             Reply::Drop => return,
+            Reply::Delayed(d, s) => {
+                std::thread::sleep(d);
+                (s, Vec::new())
+            }
         };
         let mut resp = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n");
         for (n, v) in extra {
