@@ -70,6 +70,28 @@ async function main() {
 
     ok((await alice.webhook('AAAAAAAAAAAAAAAAA').get()) === undefined, 'unknown id is undefined');
     ok((await bob.webhook(w.id).get()) === undefined, "another user's id is undefined");
+    // Dispatches: test(), the lists, one dispatch (delivered to the suite's receiver).
+    const dh = await hooks.create({ eventTypes: ['ACTOR.RUN.SUCCEEDED'], condition: { actorId: 'act-d' },
+        requestUrl: process.env.HOOKD_RECEIVER });
+    const td = await alice.webhook(dh.id).test();
+    ok(td.eventType === 'TEST' && td.webhookId === dh.id && td.eventData === null, 'test()');
+    ok(td.createdAt instanceof Date, 'dispatch createdAt parses');
+    let delivered;
+    for (let i = 0; i < 600; i += 1) {
+        delivered = await alice.webhookDispatch(td.id).get();
+        if (delivered.status !== "ACTIVE") break;
+        await new Promise((r) => setTimeout(r, 50));
+    }
+    ok(delivered.status === 'SUCCEEDED' && delivered.calls.length === 1 && delivered.calls[0].responseStatus === 200, `delivered: ${JSON.stringify(delivered)}`);
+    ok(delivered.calls[0].startedAt instanceof Date, 'call times parse as dates');
+    const dl = await alice.webhook(dh.id).dispatches().list();
+    ok(dl.total === 1 && dl.items[0].id === td.id, 'webhook(id).dispatches().list()');
+    const allDispatches = await alice.webhookDispatches().list({ desc: true });
+    ok(allDispatches.total === 1 && allDispatches.items[0].id === td.id, 'webhookDispatches().list()');
+    ok((await bob.webhookDispatch(td.id).get()) === undefined, "another user's dispatch is undefined");
+    ok((await bob.webhook(dh.id).test()) === undefined, "another user's test() is undefined");
+    ok((await alice.webhookDispatch('AAAAAAAAAAAAAAAAA').get()) === undefined, 'unknown dispatch');
+
     await alice.webhook(w.id).delete();
     ok((await alice.webhook(w.id).get()) === undefined, 'deleted id is undefined');
     console.log(`js client suite: ${checks} checks passed`);

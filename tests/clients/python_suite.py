@@ -5,6 +5,7 @@ Every call returns the client's pydantic models, so every response passes its va
 """
 import os
 import sys
+import time
 
 from apify_client import ApifyClient
 from apify_client.errors import ApifyApiError
@@ -108,10 +109,40 @@ except ApifyApiError as e:
 check(bob.webhook(w.id).get() is None, "another user's webhook is None")
 check(bob.webhooks().list().total == 0, "another user's list is empty")
 
+# dispatches: test(), the lists, one dispatch (delivered to the suite's receiver)
+RECEIVER = os.environ["HOOKD_RECEIVER"]
+dh = hooks.create(event_types=["ACTOR.RUN.SUCCEEDED"], actor_id="act-d", request_url=RECEIVER)
+td = alice.webhook(dh.id).test()
+check(td.event_type in ("TEST",) or str(getattr(td.event_type, "value", td.event_type)) == "TEST", f"test() eventType {td.event_type}")
+check(td.webhook_id == dh.id and td.user_id == "alice" and td.event_data is None, "test() dispatch")
+check(td.created_at.tzinfo is not None, "dispatch createdAt is timezone-aware")
+deadline = time.time() + 30
+while True:
+    got = alice.webhook_dispatch(td.id).get()
+    status = str(getattr(got.status, "value", got.status))
+    if status != "ACTIVE" or time.time() > deadline:
+        break
+    time.sleep(0.05)
+check(status == "SUCCEEDED", f"test dispatch delivered: {status}")
+check(len(got.calls) == 1 and got.calls[0].response_status == 200, f"calls {got.calls}")
+check(isinstance(got.calls[0].response_body, str), "responseBody is a string")
+dl = alice.webhook(dh.id).dispatches().list()
+check(dl.total == 1 and dl.items[0].id == td.id, "webhook(id).dispatches().list()")
+all_d = alice.webhook_dispatches().list(desc=True, limit=10)
+check(all_d.total == 1 and all_d.count == 1 and all_d.items[0].id == td.id, "webhook_dispatches().list()")
+check(bob.webhook_dispatch(td.id).get() is None, "another user's dispatch is None")
+check(alice.webhook_dispatch("AAAAAAAAAAAAAAAAA").get() is None, "unknown dispatch is None")
+check(alice.webhook(dh.id).get().stats.total_dispatches == 1, "stats follow dispatches")
+try:
+    bob.webhook(dh.id).test()
+    check(False, "another user's test() succeeded")
+except ApifyApiError as e:
+    check(e.status_code == 404 if hasattr(e, "status_code") else True, "test() of another user's webhook is 404")
+
 # delete
 alice.webhook(w.id).delete()
 check(alice.webhook(w.id).get() is None, "get() of a deleted id is None")
 alice.webhook(w.id).delete()  # a second delete's 404 is swallowed by the client
-check(len(hooks.list().items) == 4, "deleted webhook left the list")
+check(len(hooks.list().items) == 5, "deleted webhook left the list")
 
 print(f"python client suite: {checks} checks passed")

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::receiver::{Receiver, Reply};
 use crate::support::*;
 
 fn clients_dir() -> PathBuf {
@@ -63,8 +64,13 @@ fn js_modules() -> PathBuf {
     dir.join("node_modules")
 }
 
-fn run_suite(mut cmd: Command, d: &TestDaemon, what: &str) {
+/// Delivery settings for the suites: their receiver is on loopback.
+const DAEMON_CONFIG: &str =
+    "[delivery]\nallow_private_targets = true\nretry_delays_ms = [20, 20, 20]\n";
+
+fn run_suite(mut cmd: Command, d: &TestDaemon, rx: &Receiver, what: &str) {
     cmd.env("HOOKD_URL", format!("http://{}", d.addr))
+        .env("HOOKD_RECEIVER", rx.url("/hook"))
         .env("HOOKD_TOKEN", ALICE_TOKEN)
         .env("HOOKD_TOKEN2", BOB_TOKEN);
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -78,10 +84,11 @@ fn run_suite(mut cmd: Command, d: &TestDaemon, what: &str) {
 #[test]
 fn official_python_client() {
     let python = python_env();
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start(DAEMON_CONFIG);
+    let rx = Receiver::start(0, |_, _| Reply::Status(200));
     let mut cmd = Command::new(python);
     cmd.arg(clients_dir().join("python_suite.py"));
-    run_suite(cmd, &d, "python client suite");
+    run_suite(cmd, &d, &rx, "python client suite");
     // The suite's large templates must have arrived compressed, as the client does it.
     assert!(d.log().contains("encoding=\"gzip\""), "no gzip body seen:\n{}", d.log());
     assert!(d.log().contains("encoding=\"br\""), "no brotli body seen:\n{}", d.log());
@@ -90,9 +97,10 @@ fn official_python_client() {
 #[test]
 fn official_js_client() {
     let modules = js_modules();
-    let d = TestDaemon::start("");
+    let d = TestDaemon::start(DAEMON_CONFIG);
+    let rx = Receiver::start(0, |_, _| Reply::Status(200));
     let mut cmd = Command::new("node");
     cmd.arg(clients_dir().join("js_suite.js")).env("NODE_PATH", modules);
-    run_suite(cmd, &d, "js client suite");
+    run_suite(cmd, &d, &rx, "js client suite");
     assert!(d.log().contains("encoding=\"br\""), "no brotli body seen:\n{}", d.log());
 }
