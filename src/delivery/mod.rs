@@ -2,6 +2,10 @@
 //! their targets within a global and a per-target in-flight bound, and hands every outcome
 //! back to the writer. It keeps in memory only what is in flight; everything else is on disk,
 //! so after a crash every ACTIVE dispatch is simply due again (at-least-once).
+//!
+//! `Scheduler` is the bookkeeping (what is in flight, what to take next) and `finish` records
+//! one call's outcome; both take the time as an argument, so the seeded simulation
+//! (tests/it/sim.rs) drives them with a manual clock. `Dispatcher::run` is the live loop.
 
 pub mod policy;
 pub mod sender;
@@ -13,14 +17,103 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::store::{DueRequest, Store};
-use sender::Sender;
+use crate::model::Dispatch;
+use crate::store::{DueRequest, Store, StoreError};
+use sender::{Sender, Sent};
 
 /// The longest the scheduler sleeps without looking at the outbox; a backstop only, since
 /// every commit that adds work wakes it.
 const IDLE_POLL_MS: u64 = 1000;
 /// After a failed store read, wait this long before the next pass.
 const READ_ERROR_BACKOFF_MS: u64 = 100;
+
+/// What is in flight, and the choice of what to call next.
+pub struct Scheduler {
+    in_flight: HashSet<String>,
+    per_target: HashMap<String, usize>,
+    start_after: Option<String>,
+    inflight_max: usize,
+    per_target_inflight_max: usize,
+}
+
+/// One pass's work: dispatches to call now (already counted in flight) and the next due time.
+pub struct Pass {
+    pub calls: Vec<(String, Dispatch)>,
+    pub next_due_ms: Option<u64>,
+}
+
+impl Scheduler {
+    pub fn new(inflight_max: usize, per_target_inflight_max: usize) -> Scheduler {
+        Scheduler {
+            in_flight: HashSet::new(),
+            per_target: HashMap::new(),
+            start_after: None,
+            inflight_max,
+            per_target_inflight_max,
+        }
+    }
+
+    /// Takes the dispatches due at `now_ms` that fit the bounds, and marks them in flight.
+    pub async fn take_due(&mut self, store: &Store, now_ms: u64) -> Result<Pass, StoreError> {
+        let free = self.inflight_max.saturating_sub(self.in_flight.len());
+        if free == 0 {
+            return Ok(Pass { calls: Vec::new(), next_due_ms: None });
+        }
+        let due = store
+            .due_dispatches(DueRequest {
+                now_ms,
+                in_flight: self.in_flight.clone(),
+                per_target: self.per_target.clone(),
+                per_target_max: self.per_target_inflight_max,
+                take_max: free,
+                start_after: self.start_after.clone(),
+            })
+            .await?;
+        if let Some((target, _)) = due.dispatches.last() {
+            self.start_after = Some(target.clone());
+        }
+        for (target, d) in &due.dispatches {
+            self.in_flight.insert(d.id.clone());
+            *self.per_target.entry(target.clone()).or_default() += 1;
+        }
+        Ok(Pass { calls: due.dispatches, next_due_ms: due.next_due_ms })
+    }
+
+    /// A call ended and its outcome is committed (or given up): the dispatch may be taken again.
+    pub fn land(&mut self, id: &str, target: &str) {
+        self.in_flight.remove(id);
+        if let Some(n) = self.per_target.get_mut(target) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_target.remove(target);
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// Records the outcome of one call to `d`: the policy decides, the writer commits.
+pub async fn finish(
+    store: &Store,
+    d: &Dispatch,
+    sent: Sent,
+    retry_delays_ms: &[u64],
+    jitter_unit: f64,
+) -> Result<policy::Decision, StoreError> {
+    let decision = policy::decide(
+        sent.outcome,
+        d.calls.len() + 1,
+        d.do_not_retry,
+        retry_delays_ms,
+        sent.call.finished_ms,
+        jitter_unit,
+    );
+    store.record_call(d.id.clone(), sent.call, decision).await?;
+    Ok(decision)
+}
 
 pub struct Dispatcher {
     pub store: Store,
@@ -32,56 +125,32 @@ pub struct Dispatcher {
     pub shutdown_grace_ms: u64,
 }
 
-/// A call in flight: its dispatch id and target.
-struct Flight {
-    id: String,
-    target: String,
-}
-
 impl Dispatcher {
     /// Runs until `shutdown`; then lets calls in flight finish within the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let outbox_changed = self.store.outbox_changed();
-        let mut in_flight: HashSet<String> = HashSet::new();
-        let mut per_target: HashMap<String, usize> = HashMap::new();
+        let mut scheduler = Scheduler::new(self.inflight_max, self.per_target_inflight_max);
         let mut calls: JoinSet<()> = JoinSet::new();
-        let mut flights: HashMap<tokio::task::Id, Flight> = HashMap::new();
-        let mut start_after: Option<String> = None;
+        let mut flights: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         tokio::pin!(shutdown);
         // One pass per wake-up: on new work, on a finished call, at the next due time.
         loop {
             let mut wait_ms = IDLE_POLL_MS;
-            let free = self.inflight_max.saturating_sub(in_flight.len());
-            if free > 0 {
-                let now_ms = crate::sys::now_ms();
-                let req = DueRequest {
-                    now_ms,
-                    in_flight: in_flight.clone(),
-                    per_target: per_target.clone(),
-                    per_target_max: self.per_target_inflight_max,
-                    take_max: free,
-                    start_after: start_after.clone(),
-                };
-                match self.store.due_dispatches(req).await {
-                    Ok(due) => {
-                        if let Some(next) = due.next_due_ms {
-                            wait_ms = wait_ms.min(next.saturating_sub(now_ms));
-                        }
-                        if let Some((target, _)) = due.dispatches.last() {
-                            start_after = Some(target.clone());
-                        }
-                        for (target, d) in due.dispatches {
-                            in_flight.insert(d.id.clone());
-                            *per_target.entry(target.clone()).or_default() += 1;
-                            let flight = Flight { id: d.id.clone(), target: target.clone() };
-                            let task = calls.spawn(self.call(d, target));
-                            flights.insert(task.id(), flight);
-                        }
+            let now_ms = crate::sys::now_ms();
+            match scheduler.take_due(&self.store, now_ms).await {
+                Ok(pass) => {
+                    if let Some(next) = pass.next_due_ms {
+                        wait_ms = wait_ms.min(next.saturating_sub(now_ms));
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the outbox");
-                        wait_ms = READ_ERROR_BACKOFF_MS;
+                    for (target, d) in pass.calls {
+                        let flight = (d.id.clone(), target.clone());
+                        let task = calls.spawn(self.call(d, target));
+                        flights.insert(task.id(), flight);
                     }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    wait_ms = READ_ERROR_BACKOFF_MS;
                 }
             }
             tokio::select! {
@@ -95,8 +164,8 @@ impl Dispatcher {
                             Ok((task, ())) => task,
                             Err(e) => e.id(),
                         };
-                        if let Some(f) = flights.remove(&task) {
-                            land(f, &mut in_flight, &mut per_target);
+                        if let Some((id, target)) = flights.remove(&task) {
+                            scheduler.land(&id, &target);
                         }
                         done = calls.try_join_next_with_id();
                     }
@@ -114,45 +183,25 @@ impl Dispatcher {
         }
     }
 
-    /// One call and the recording of its outcome.
-    fn call(
-        &self,
-        d: crate::model::Dispatch,
-        target: String,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    /// One call and the recording of its outcome. The dispatch stays in flight until its
+    /// outcome is committed, so no pass can pick it up again at its old due time.
+    fn call(&self, d: Dispatch, target: String) -> impl Future<Output = ()> + Send + 'static {
         let sender = self.sender.clone();
         let store = self.store.clone();
         let delays = self.retry_delays_ms.clone();
         async move {
             let sent = sender.send(&d, crate::sys::now_ms).await;
-            let decision = policy::decide(
-                sent.outcome,
-                d.calls.len() + 1,
-                d.do_not_retry,
-                &delays,
-                sent.call.finished_ms,
-                crate::sys::random_unit(),
-            );
-            tracing::debug!(
-                dispatch = %d.id, webhook = %d.webhook_id, %target,
-                status = ?sent.call.response_status, error = ?sent.call.error_message,
-                ?decision, "call"
-            );
-            // The dispatch stays in flight until its outcome is committed, so no pass can
-            // pick it up again at its old due time.
-            if let Err(e) = store.record_call(d.id.clone(), sent.call, decision).await {
-                tracing::warn!(dispatch = %d.id, error = %e, "call outcome not recorded; it will be called again");
+            let (status, error) = (sent.call.response_status, sent.call.error_message.clone());
+            match finish(&store, &d, sent, &delays, crate::sys::random_unit()).await {
+                Ok(decision) => tracing::debug!(
+                    dispatch = %d.id, webhook = %d.webhook_id, %target, ?status, ?error,
+                    ?decision, "call"
+                ),
+                Err(e) => tracing::warn!(
+                    dispatch = %d.id, error = %e,
+                    "call outcome not recorded; the dispatch will be called again"
+                ),
             }
-        }
-    }
-}
-
-fn land(f: Flight, in_flight: &mut HashSet<String>, per_target: &mut HashMap<String, usize>) {
-    in_flight.remove(&f.id);
-    if let Some(n) = per_target.get_mut(&f.target) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            per_target.remove(&f.target);
         }
     }
 }

@@ -436,6 +436,36 @@ impl Store {
         .await
     }
 
+    /// Every outbox key, in order: (target, due_ms, dispatch id). A full scan, for checks and
+    /// tools (the simulation checks it after every step), not for the hot path.
+    pub async fn outbox_keys(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        self.read(|rtx| {
+            let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
+            let mut keys = Vec::new();
+            for entry in outbox.iter().map_err(storage)? {
+                let (k, _) = entry.map_err(storage)?;
+                let (target, due, id) = k.value();
+                keys.push((target.to_string(), due, id.to_string()));
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    /// Every dispatch, in id order. A full scan, for checks and tools, not for the hot path.
+    pub async fn all_dispatches(&self) -> Result<Vec<Dispatch>, StoreError> {
+        self.read(|rtx| {
+            let table = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (_, v) = entry.map_err(storage)?;
+                out.push(records::decode_dispatch(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// The latest reported run or build object, as stored.
     pub async fn get_job(
         &self,

@@ -5,5 +5,6 @@ mod api;
 mod clients;
 mod crash;
 mod delivery;
+mod sim;
 mod support;
 mod tidy;
