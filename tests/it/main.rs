@@ -8,3 +8,4 @@ mod delivery;
 mod sim;
 mod support;
 mod tidy;
+mod torture;
