@@ -5,6 +5,7 @@
 //! storage error: stop accepting, let open requests finish (bounded), `STOPPING=1`, let the
 //! writer commit what is queued, join it; the database closes when the last handle drops.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::config::{Config, User};
 use crate::delivery::Dispatcher;
 use crate::delivery::sender::{Sender, SenderConfig};
 use crate::sd_notify::notify;
-use crate::store::Store;
+use crate::store::{Storage, Store};
 
 /// The user created when the config lists none.
 pub const ADMIN_USER_ID: &str = "admin";
@@ -27,6 +28,24 @@ const ADMIN_TOKEN_CHARS: usize = 40;
 
 /// Runs the daemon until a signal or a storage error. `Err` means exit non-zero.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let signalled = async move {
+        tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        }
+    };
+    run_on(config, Storage::File, signalled).await
+}
+
+/// Like [`run`], with the store on the given storage (a fault-injecting backend in tests), until
+/// `stop` resolves (with the reason to log) or a storage error.
+pub async fn run_on(
+    config: Config,
+    storage: Storage,
+    stop: impl Future<Output = &'static str> + Send + 'static,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let users = if config.users.is_empty() {
@@ -35,9 +54,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.users.clone()
     };
     let store_path = config.data_dir.join(STORE_FILE);
-    let (store, writer) =
-        Store::open(&store_path, config.limits.write_queue_max, config.limits.write_batch_max)
-            .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let (store, writer) = Store::open_on(
+        storage,
+        &store_path,
+        config.limits.write_queue_max,
+        config.limits.write_batch_max,
+    )
+    .with_context(|| format!("opening the store {}", store_path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -51,15 +74,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .context("setting up TLS for delivery")?;
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let fatal = store.fatal();
     // One signal stops both the API and the dispatcher.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let reason = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM".to_string(),
-            _ = sigint.recv() => "SIGINT".to_string(),
+            r = stop => r.to_string(),
             m = fatal.wait() => format!("storage error: {m}"),
         };
         tracing::info!(%reason, "shutting down");

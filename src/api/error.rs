@@ -26,7 +26,7 @@ pub enum ApiError {
     UnsupportedEncoding(String),
     RequestTimeout,
     /// 503: the store refuses writes (shutting down, or stopped by a storage error).
-    Unavailable(&'static str),
+    Unavailable(String),
     Internal(String),
 }
 
@@ -45,10 +45,13 @@ impl From<StoreError> for ApiError {
                 "concurrent-modification",
                 "The record was changed by another request; retry".into(),
             ),
-            StoreError::Busy => ApiError::Unavailable("The server is busy; retry later"),
+            StoreError::Busy => ApiError::Unavailable("The server is busy; retry later".into()),
             StoreError::Unavailable => {
-                ApiError::Unavailable("The store does not accept writes at the moment")
+                ApiError::Unavailable("The store does not accept writes at the moment".into())
             }
+            e @ StoreError::Failed(_) => ApiError::Unavailable(format!(
+                "{e}; this write may or may not have been stored, so retry it (with its idempotencyKey) once hookd is back"
+            )),
             StoreError::Storage(m) | StoreError::Corrupt(m) => ApiError::Internal(m),
         }
     }
@@ -95,9 +98,7 @@ impl ApiError {
                 "request-timeout",
                 "The request body did not arrive in time".into(),
             ),
-            ApiError::Unavailable(m) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", m.into())
-            }
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", m),
             ApiError::Internal(detail) => {
                 let request_id = crate::sys::new_id().unwrap_or_default();
                 tracing::error!(%request_id, %detail, "internal error");

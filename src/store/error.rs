@@ -19,6 +19,9 @@ pub enum StoreError {
     /// The writer has stopped (shutdown or an earlier storage failure); nothing was written.
     #[error("the store does not accept writes")]
     Unavailable,
+    /// A commit failed: the writer has stopped (fail-stop) and the process is shutting down.
+    #[error("the store failed and accepts no more writes: {0}")]
+    Failed(String),
     /// An I/O or database error. The writer stops at the first one (fail-stop).
     #[error("storage error: {0}")]
     Storage(String),

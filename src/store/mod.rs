@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use error::StoreError;
 use error::storage;
+use error::storage as storage_error;
 use schema::*;
 use writer::WriteOp;
 pub use writer::WriterHandle;
@@ -26,6 +27,77 @@ use crate::model::{
     Call, ConditionKind, Decision, Dispatch, EventData, EventType, JobKind, Webhook, WebhookPatch,
     WebhookStats,
 };
+
+pub use redb::StorageBackend;
+pub use redb::backends::FileBackend;
+
+/// Where the database lives: the file at the path, or a custom backend over it (fault
+/// injection in tests; redb's `StorageBackend` seam).
+#[derive(Debug)]
+pub enum Storage {
+    File,
+    Backend(Box<dyn StorageBackend>),
+}
+
+/// A boxed backend is a backend.
+#[derive(Debug)]
+struct Boxed(Box<dyn StorageBackend>);
+
+impl StorageBackend for Boxed {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.0.lock_range(start, end)
+    }
+    fn lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.0.lock_shared_range(start, end)
+    }
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.0.unlock_range(start, end)
+    }
+}
 
 /// redb's page cache; the store is small and the OS caches the file too.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -133,12 +205,17 @@ pub struct Fatal {
 }
 
 impl Fatal {
-    fn trigger(&self, message: String) {
+    pub(crate) fn trigger(&self, message: String) {
         if let Ok(mut m) = self.message.lock() {
             m.get_or_insert(message);
         }
         self.failed.store(true, Ordering::SeqCst);
         self.notify.notify_one();
+    }
+
+    /// The storage error that stopped the writer ("" if none).
+    pub fn message(&self) -> String {
+        self.message.lock().ok().and_then(|m| m.clone()).unwrap_or_default()
     }
 
     pub fn is_failed(&self) -> bool {
@@ -150,7 +227,7 @@ impl Fatal {
         while !self.is_failed() {
             self.notify.notified().await;
         }
-        self.message.lock().ok().and_then(|m| m.clone()).unwrap_or_default()
+        self.message()
     }
 }
 
@@ -170,6 +247,16 @@ impl Store {
         write_queue_max: usize,
         write_batch_max: usize,
     ) -> Result<(Store, WriterHandle), StoreError> {
+        Store::open_on(Storage::File, path, write_queue_max, write_batch_max)
+    }
+
+    /// Like [`Store::open`], on the given storage.
+    pub fn open_on(
+        storage: Storage,
+        path: &Path,
+        write_queue_max: usize,
+        write_batch_max: usize,
+    ) -> Result<(Store, WriterHandle), StoreError> {
         let mut builder = Database::builder();
         builder.set_cache_size(CACHE_BYTES);
         let announced = AtomicBool::new(false);
@@ -180,7 +267,10 @@ impl Store {
             }
             tracing::debug!(progress = session.progress(), "repair");
         });
-        let db = builder.create(path).map_err(storage)?;
+        let db = match storage {
+            Storage::File => builder.create(path).map_err(storage_error)?,
+            Storage::Backend(b) => builder.create_with_backend(Boxed(b)).map_err(storage_error)?,
+        };
         init_schema(&db)?;
         let db = Arc::new(db);
         let fatal = Arc::new(Fatal::default());
@@ -211,7 +301,7 @@ impl Store {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
     ) -> Result<T, StoreError> {
         if self.fatal.is_failed() {
-            return Err(StoreError::Unavailable);
+            return Err(StoreError::Failed(self.fatal.message()));
         }
         let (reply, answer) = oneshot::channel();
         self.writes.try_send(make(reply)).map_err(|e| match e {
@@ -219,7 +309,13 @@ impl Store {
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
         })?;
         // A dropped reply means the writer stopped before committing this op.
-        answer.await.unwrap_or(Err(StoreError::Unavailable))
+        answer.await.unwrap_or_else(|_| {
+            Err(if self.fatal.is_failed() {
+                StoreError::Failed(self.fatal.message())
+            } else {
+                StoreError::Unavailable
+            })
+        })
     }
 
     /// Stores a new webhook, or returns the one an earlier create with the same key made.

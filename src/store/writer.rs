@@ -60,7 +60,7 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> 
     Box::new(move |commit_error: Option<&StoreError>| {
         let _ = match commit_error {
             None => reply.send(result),
-            Some(e) => reply.send(Err(StoreError::Storage(e.to_string()))),
+            Some(e) => reply.send(Err(StoreError::Failed(e.to_string()))),
         };
     })
 }
@@ -114,12 +114,11 @@ fn run(
             }
         }
         let closing = batch.iter().any(|op| matches!(op, WriteOp::Close));
-        match commit_batch(db, &mut batch) {
+        match commit_batch(db, &mut batch, fatal) {
             Ok(true) => outbox_changed.notify_one(),
             Ok(false) => {}
             Err(e) => {
                 tracing::error!(error = %e, "storage error; the store stops accepting writes");
-                fatal.trigger(e.to_string());
                 return;
             }
         }
@@ -130,21 +129,34 @@ fn run(
 }
 
 /// Applies `batch` in one transaction and commits; answers every op either way.
-/// `Ok(true)`: the commit added outbox keys.
-fn commit_batch(db: &Database, batch: &mut Vec<WriteOp>) -> Result<bool, StoreError> {
+/// `Ok(true)`: the commit added outbox keys. On a storage error `fatal` is set before any
+/// caller hears back, so every caller of a failed or later write sees `StoreError::Failed`.
+fn commit_batch(
+    db: &Database,
+    batch: &mut Vec<WriteOp>,
+    fatal: &Fatal,
+) -> Result<bool, StoreError> {
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut outbox_grew = false;
+    let mut ops = batch.drain(..);
     let result = (|| {
         let tx = db.begin_write().map_err(storage)?;
-        for op in batch.drain(..) {
-            if let Some(a) = apply(&tx, op, &mut outbox_grew)? {
-                answers.push(a);
+        for op in ops.by_ref() {
+            let (answer, failure) = apply(&tx, op, &mut outbox_grew);
+            answers.extend(answer);
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
         tx.commit().map_err(storage)
     })();
-    // Ops never reached by a failed transaction drop their reply: the caller sees Unavailable.
-    batch.clear();
+    if let Err(e) = &result {
+        // Ops the failed transaction never reached are failed the same way.
+        answers.extend(ops.filter_map(reject));
+        fatal.trigger(e.to_string());
+    } else {
+        drop(ops);
+    }
     let err = result.as_ref().err();
     for a in answers {
         a(err);
@@ -152,28 +164,51 @@ fn commit_batch(db: &Database, batch: &mut Vec<WriteOp>) -> Result<bool, StoreEr
     result.map(|()| outbox_grew)
 }
 
+/// An answer for an op that is not applied; with the commit error it becomes `Failed`.
+fn reject(op: WriteOp) -> Option<Answer> {
+    Some(match op {
+        WriteOp::Close => return None,
+        WriteOp::CreateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+        WriteOp::UpdateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+        WriteOp::DeleteWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+        WriteOp::Ingest { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+        WriteOp::RecordCall { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+    })
+}
+
+/// The answer of an op, and the storage error that aborts the batch, if one happened.
+fn settle<T: Send + 'static>(
+    reply: Reply<T>,
+    r: OpResult<T>,
+) -> (Option<Answer>, Option<StoreError>) {
+    match r {
+        Ok(own) => (Some(answer(reply, own)), None),
+        Err(e) => (Some(answer(reply, Err(StoreError::Unavailable))), Some(e)),
+    }
+}
+
 /// Applies one op. A rule it breaks is its own answer; only storage errors abort the batch.
 fn apply(
     tx: &WriteTransaction,
     op: WriteOp,
     outbox_grew: &mut bool,
-) -> Result<Option<Answer>, StoreError> {
-    Ok(Some(match op {
-        WriteOp::Close => return Ok(None),
-        WriteOp::CreateWebhook { webhook, reply } => answer(reply, create(tx, webhook)?),
+) -> (Option<Answer>, Option<StoreError>) {
+    match op {
+        WriteOp::Close => (None, None),
+        WriteOp::CreateWebhook { webhook, reply } => settle(reply, create(tx, webhook)),
         WriteOp::UpdateWebhook { user_id, id, patch, now_ms, reply } => {
-            answer(reply, update(tx, &user_id, &id, &patch, now_ms)?)
+            settle(reply, update(tx, &user_id, &id, &patch, now_ms))
         }
         WriteOp::DeleteWebhook { user_id, id, now_ms, reply } => {
-            answer(reply, delete(tx, &user_id, &id, now_ms)?)
+            settle(reply, delete(tx, &user_id, &id, now_ms))
         }
         WriteOp::Ingest { events, job, reply } => {
-            answer(reply, ingest(tx, events, job.as_ref(), outbox_grew)?)
+            settle(reply, ingest(tx, events, job.as_ref(), outbox_grew))
         }
         WriteOp::RecordCall { dispatch_id, call, decision, reply } => {
-            answer(reply, record_call(tx, &dispatch_id, call, decision, outbox_grew)?)
+            settle(reply, record_call(tx, &dispatch_id, call, decision, outbox_grew))
         }
-    }))
+    }
 }
 
 /// Outer `Err`: storage failure (aborts the batch). Inner: this op's own answer.

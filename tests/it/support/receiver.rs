@@ -39,6 +39,10 @@ pub enum Reply {
     Drop,
     /// Answer with this status after waiting this long.
     Delayed(Duration, u16),
+    /// Write these bytes as the answer, wait, then close (malformed, partial or slow answers).
+    Raw(Vec<u8>, Duration),
+    /// This status with a body of this many bytes, streamed.
+    Huge(u16, usize),
 }
 
 type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
@@ -200,6 +204,30 @@ fn serve<S: Read + Write>(stream: S, received: &Mutex<Vec<Received>>, script: &M
             Reply::Delayed(d, s) => {
                 std::thread::sleep(d);
                 (s, Vec::new())
+            }
+            Reply::Raw(bytes, wait) => {
+                let stream = reader.get_mut();
+                let _ = stream.write_all(&bytes);
+                let _ = stream.flush();
+                std::thread::sleep(wait);
+                return;
+            }
+            Reply::Huge(status, len) => {
+                let stream = reader.get_mut();
+                let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {len}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).is_err() {
+                        return; // the client stopped reading: that is the point
+                    }
+                    left -= n;
+                }
+                return;
             }
         };
         let mut resp = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n");
