@@ -6,6 +6,7 @@ mod clients;
 mod crash;
 mod delivery;
 mod faults;
+mod hostile;
 mod sim;
 mod storage;
 mod support;
