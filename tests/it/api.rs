@@ -110,8 +110,15 @@ fn pagination_follows_the_apify_rules() {
             Some(&webhook_body(&format!("a{}", i % 2), "https://e.com/h")),
         );
         assert_eq!(r.status, 201);
-        ids.push(r.json()["data"]["id"].as_str().unwrap().to_string());
+        let w = r.json()["data"].clone();
+        ids.push((
+            w["createdAt"].as_str().unwrap().to_string(),
+            w["id"].as_str().unwrap().to_string(),
+        ));
     }
+    // The order is createdAt, then id (two creates in one millisecond are ordered by id).
+    ids.sort();
+    let ids: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
     let page = |q: &str| {
         d.req("GET", &format!("/v2/webhooks?{q}"), Some(ALICE_TOKEN), None).json()["data"].clone()
     };

@@ -28,17 +28,24 @@ pub struct TestDaemon {
     pub addr: SocketAddr,
     child: Option<Child>,
     extra_config: String,
+    log_filter: String,
 }
 
 impl TestDaemon {
     /// Starts the daemon with users alice and bob and `extra_config` appended to its config.
     pub fn start(extra_config: &str) -> TestDaemon {
+        TestDaemon::start_logging(extra_config, "hookd=debug")
+    }
+
+    /// Like [`TestDaemon::start`], with `RUST_LOG` set to `log_filter`.
+    pub fn start_logging(extra_config: &str, log_filter: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut d = TestDaemon {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             extra_config: extra_config.to_string(),
+            log_filter: log_filter.to_string(),
         };
         d.spawn();
         d
@@ -69,7 +76,7 @@ impl TestDaemon {
             .arg("--config")
             .arg(self.config_path())
             .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "hookd=debug")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
