@@ -422,8 +422,12 @@ impl Store {
         id: String,
     ) -> Result<Option<Dispatch>, StoreError> {
         self.read(move |rtx| {
+            let ids = rtx.open_table(DISPATCH_IDS).map_err(storage)?;
+            let Some(created) = ids.get(id.as_str()).map_err(storage)?.map(|v| v.value()) else {
+                return Ok(None);
+            };
             let table = rtx.open_table(DISPATCHES).map_err(storage)?;
-            match table.get(id.as_str()).map_err(storage)? {
+            match table.get((created, id.as_str())).map_err(storage)? {
                 Some(b) => {
                     let d = records::decode_dispatch(b.value())?;
                     Ok((d.user_id == user_id).then_some(d))
@@ -454,11 +458,12 @@ impl Store {
             let lo = (owner.as_str(), 0u64, "");
             let hi = (owner.as_str(), u64::MAX, ID_MAX);
             let total = index.range(lo..=hi).map_err(storage)?.count() as u64;
-            let ids = page_ids(index.range(lo..=hi).map_err(storage)?, page, |k| k.2.to_string())?;
+            let keys =
+                page_ids(index.range(lo..=hi).map_err(storage)?, page, |k| (k.1, k.2.to_string()))?;
             let dispatches = rtx.open_table(DISPATCHES).map_err(storage)?;
-            let mut items = Vec::with_capacity(ids.len());
-            for id in ids {
-                if let Some(b) = dispatches.get(id.as_str()).map_err(storage)? {
+            let mut items = Vec::with_capacity(keys.len());
+            for (created, id) in keys {
+                if let Some(b) = dispatches.get((created, id.as_str())).map_err(storage)? {
                     let d = records::decode_dispatch(b.value())?;
                     if d.user_id == user_id {
                         items.push(d);
@@ -506,7 +511,7 @@ impl Store {
                     let lo = (target.as_str(), 0u64, "");
                     let hi = (target.as_str(), u64::MAX, ID_MAX);
                     for entry in outbox.range(lo..=hi).map_err(storage)? {
-                        let (k, _) = entry.map_err(storage)?;
+                        let (k, created) = entry.map_err(storage)?;
                         let (_, due_ms, id) = k.value();
                         if due_ms > req.now_ms {
                             due.next_due_ms =
@@ -519,7 +524,8 @@ impl Store {
                         if free == 0 || due.dispatches.len() >= req.take_max {
                             break;
                         }
-                        let Some(b) = dispatches.get(id).map_err(storage)? else {
+                        let Some(b) = dispatches.get((created.value(), id)).map_err(storage)?
+                        else {
                             return Err(StoreError::Corrupt(format!("outbox names missing {id}")));
                         };
                         due.dispatches.push((target.clone(), records::decode_dispatch(b.value())?));
@@ -656,12 +662,12 @@ impl Store {
     }
 }
 
-/// The ids of one page of an index range.
-fn page_ids<K: redb::Key + 'static>(
+/// What `id_of` picks from each key of one page of an index range.
+fn page_ids<K: redb::Key + 'static, T>(
     range: redb::Range<'_, K, ()>,
     page: PageRequest,
-    id_of: impl Fn(K::SelfType<'_>) -> String,
-) -> Result<Vec<String>, StoreError> {
+    id_of: impl Fn(K::SelfType<'_>) -> T,
+) -> Result<Vec<T>, StoreError> {
     let offset = usize::try_from(page.offset).unwrap_or(usize::MAX);
     let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
     let mut out = Vec::new();
@@ -708,9 +714,9 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         let mut meta = tx.open_table(META).map_err(storage)?;
         let version = meta.get(META_SCHEMA_VERSION).map_err(storage)?.map(|v| v.value());
         match version {
-            Some(v) if v > SCHEMA_VERSION => {
+            Some(v) if v != SCHEMA_VERSION => {
                 return Err(StoreError::Corrupt(format!(
-                    "the store has schema version {v}; this hookd reads up to {SCHEMA_VERSION}"
+                    "the store has schema version {v}; this hookd reads version {SCHEMA_VERSION}"
                 )));
             }
             Some(_) => {}
@@ -727,6 +733,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         tx.open_table(EVENTS).map_err(storage)?;
         tx.open_table(EVENT_IDEM).map_err(storage)?;
         tx.open_table(DISPATCHES).map_err(storage)?;
+        tx.open_table(DISPATCH_IDS).map_err(storage)?;
         tx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
         tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
         tx.open_table(OUTBOX).map_err(storage)?;

@@ -6,7 +6,7 @@ use redb::TableDefinition;
 use crate::model::ConditionKind;
 
 /// Bumped on any incompatible change; a file with a newer version is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 
 /// name -> value (schema version).
@@ -37,22 +37,26 @@ pub fn kind_code(kind: ConditionKind) -> u8 {
 
 /// webhook id -> (): ad-hoc webhooks that have fired their one dispatch.
 pub const WEBHOOK_FIRED: TableDefinition<&str, ()> = TableDefinition::new("webhook_fired");
-/// event id -> versioned event record (the event as accepted, with its dispatch ids).
-pub const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+/// (created_ms, event id) -> the event as accepted, with its dispatch ids. Keys grow with
+/// time, so inserts append instead of touching a random leaf per event.
+pub const EVENTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("events");
 /// (user, idempotency key) -> the 202 answer of the event that first used the key.
 pub const EVENT_IDEM: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("event_idem");
-/// dispatch id -> versioned dispatch record (rendered request, status, calls, next due time).
-pub const DISPATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("dispatches");
+/// (created_ms, dispatch id) -> versioned dispatch record (rendered request, status, calls,
+/// next due time). Keyed by creation time so that inserts append (ids are random).
+pub const DISPATCHES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("dispatches");
+/// dispatch id -> created_ms: finds a dispatch's record from its id.
+pub const DISPATCH_IDS: TableDefinition<&str, u64> = TableDefinition::new("dispatch_ids");
 /// (user, created_ms, dispatch id) -> ().
 pub const DISPATCHES_BY_USER: TableDefinition<(&str, u64, &str), ()> =
     TableDefinition::new("dispatches_by_user");
 /// (webhook id, created_ms, dispatch id) -> ().
 pub const DISPATCHES_BY_WEBHOOK: TableDefinition<(&str, u64, &str), ()> =
     TableDefinition::new("dispatches_by_webhook");
-/// The outbox: (target, due_ms, dispatch id) -> (). A dispatch has exactly one key here while
-/// it is ACTIVE. Partitioned by target (`scheme://host:port`) so the scheduler takes due work
-/// per target, within each target's in-flight bound.
-pub const OUTBOX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("outbox");
+/// The outbox: (target, due_ms, dispatch id) -> the dispatch's created_ms. A dispatch has
+/// exactly one key here while it is ACTIVE. Partitioned by target (`scheme://host:port`) so the
+/// scheduler takes due work per target, within each target's in-flight bound.
+pub const OUTBOX: TableDefinition<(&str, u64, &str), u64> = TableDefinition::new("outbox");
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 

@@ -341,16 +341,20 @@ fn delete(tx: &WriteTransaction, user_id: &str, id: &str, now_ms: u64) -> OpResu
 }
 
 fn load_dispatch(tx: &WriteTransaction, id: &str) -> Result<Option<Dispatch>, StoreError> {
+    let created =
+        tx.open_table(DISPATCH_IDS).map_err(storage)?.get(id).map_err(storage)?.map(|v| v.value());
+    let Some(created) = created else { return Ok(None) };
     let table = tx.open_table(DISPATCHES).map_err(storage)?;
-    let got = table.get(id).map_err(storage)?;
+    let got = table.get((created, id)).map_err(storage)?;
     got.map(|b| records::decode_dispatch(b.value())).transpose()
 }
 
+/// Stores a dispatch record (its id locator is written once, when it is created).
 fn save_dispatch(tx: &WriteTransaction, d: &Dispatch) -> Result<(), StoreError> {
     let bytes = records::encode_dispatch(d)?;
     tx.open_table(DISPATCHES)
         .map_err(storage)?
-        .insert(d.id.as_str(), bytes.as_slice())
+        .insert((d.created_ms, d.id.as_str()), bytes.as_slice())
         .map_err(storage)?;
     Ok(())
 }
@@ -371,7 +375,7 @@ fn enqueue(tx: &WriteTransaction, d: &Dispatch, due: u64) -> Result<(), StoreErr
     let target = d.target_key();
     tx.open_table(OUTBOX)
         .map_err(storage)?
-        .insert((target.as_str(), due, d.id.as_str()), ())
+        .insert((target.as_str(), due, d.id.as_str()), d.created_ms)
         .map_err(storage)?;
     Ok(())
 }
@@ -453,20 +457,28 @@ fn ingest(
         }
         let mut ids = Vec::with_capacity(event.dispatches.len());
         for d in event.dispatches {
-            let webhook = {
-                let webhooks = tx.open_table(WEBHOOKS).map_err(storage)?;
-                let got = webhooks.get(d.webhook_id.as_str()).map_err(storage)?;
-                got.map(|b| records::decode_webhook(b.value())).transpose()?
-            };
-            // Deleted since it was matched: the event no longer reaches it.
-            let Some(webhook) = webhook.filter(|w| w.user_id == d.user_id) else { continue };
-            if webhook.is_ad_hoc && d.event_type != EventType::Test {
+            // Deleted since it was matched: the event no longer reaches it. (It is the user's:
+            // it was matched through the user's own index, and ids are never reused.)
+            let exists = tx
+                .open_table(WEBHOOKS)
+                .map_err(storage)?
+                .get(d.webhook_id.as_str())
+                .map_err(storage)?
+                .is_some();
+            if !exists {
+                continue;
+            }
+            if d.is_ad_hoc && d.event_type != EventType::Test {
                 let mut fired = tx.open_table(WEBHOOK_FIRED).map_err(storage)?;
-                if fired.insert(webhook.id.as_str(), ()).map_err(storage)?.is_some() {
+                if fired.insert(d.webhook_id.as_str(), ()).map_err(storage)?.is_some() {
                     continue; // an ad-hoc webhook fires once
                 }
             }
             save_dispatch(tx, &d)?;
+            tx.open_table(DISPATCH_IDS)
+                .map_err(storage)?
+                .insert(d.id.as_str(), d.created_ms)
+                .map_err(storage)?;
             tx.open_table(DISPATCHES_BY_USER)
                 .map_err(storage)?
                 .insert((d.user_id.as_str(), d.created_ms, d.id.as_str()), ())
@@ -500,7 +512,7 @@ fn ingest(
                 serde_json::json!({"v": "1", "event": record, "dispatchIds": a.dispatch_ids});
             tx.open_table(EVENTS)
                 .map_err(storage)?
-                .insert(event.id.as_str(), stored.to_string().as_bytes())
+                .insert((event.created_ms, event.id.as_str()), stored.to_string().as_bytes())
                 .map_err(storage)?;
         }
         if let Some(key) = &event.idempotency_key {
