@@ -1,5 +1,7 @@
-//! Versioned on-disk records and their conversion to model types. Serde here is a
-//! compatibility promise: add a new version variant rather than changing an old one.
+//! Versioned on-disk records and their conversion to model types. A record is one version
+//! byte followed by the JSON of that version's struct. Serde here is a compatibility promise:
+//! add a new version rather than changing an old one. (A leading byte, not an internally tagged
+//! enum: serde buffers every field of a tagged enum before decoding it, which is slow.)
 
 use serde::{Deserialize, Serialize};
 
@@ -8,11 +10,23 @@ use crate::model::{
     Call, Condition, Dispatch, DispatchStatus, EventType, LastDispatch, Webhook, WebhookStats,
 };
 
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "v")]
-enum WebhookRecord {
-    #[serde(rename = "1")]
-    V1(WebhookV1),
+const V1: u8 = 1;
+
+fn encode_v1<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(256);
+    out.push(V1);
+    serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(out)
+}
+
+fn decode_v1<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&V1, json)) => {
+            serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+        }
+        Some((v, _)) => Err(StoreError::Corrupt(format!("{what}: unknown record version {v}"))),
+        None => Err(StoreError::Corrupt(format!("{what}: empty record"))),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,7 +56,7 @@ struct ConditionV1 {
 }
 
 pub fn encode_webhook(w: &Webhook) -> Result<Vec<u8>, StoreError> {
-    let rec = WebhookRecord::V1(WebhookV1 {
+    let rec = WebhookV1 {
         id: w.id.clone(),
         user_id: w.user_id.clone(),
         created_ms: w.created_ms,
@@ -62,13 +76,12 @@ pub fn encode_webhook(w: &Webhook) -> Result<Vec<u8>, StoreError> {
         description: w.description.clone(),
         should_interpolate_strings: w.should_interpolate_strings,
         idempotency_key: w.idempotency_key.clone(),
-    });
-    serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    encode_v1(&rec)
 }
 
 pub fn decode_webhook(bytes: &[u8]) -> Result<Webhook, StoreError> {
-    let WebhookRecord::V1(r) =
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("webhook: {e}")))?;
+    let r: WebhookV1 = decode_v1("webhook", bytes)?;
     let event_types = r
         .event_types
         .iter()
@@ -101,15 +114,11 @@ pub fn decode_webhook(bytes: &[u8]) -> Result<Webhook, StoreError> {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "v")]
-enum StatsRecord {
-    #[serde(rename = "1")]
-    V1 {
-        total: u64,
-        last_id: Option<String>,
-        last_status: Option<String>,
-        last_finished_ms: Option<u64>,
-    },
+struct StatsV1 {
+    total: u64,
+    last_id: Option<String>,
+    last_status: Option<String>,
+    last_finished_ms: Option<u64>,
 }
 
 /// A webhook's stats and the id of its latest dispatch (whose status `lastDispatch` shows).
@@ -120,13 +129,13 @@ pub struct StatsState {
 
 pub fn encode_stats(s: &StatsState) -> Result<Vec<u8>, StoreError> {
     let last = s.stats.last_dispatch.as_ref();
-    let rec = StatsRecord::V1 {
+    let rec = StatsV1 {
         total: s.stats.total_dispatches,
         last_id: s.last_id.clone(),
         last_status: last.map(|l| l.status.as_str().to_string()),
         last_finished_ms: last.and_then(|l| l.finished_ms),
     };
-    serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))
+    encode_v1(&rec)
 }
 
 fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
@@ -139,20 +148,12 @@ fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
 }
 
 pub fn decode_stats(bytes: &[u8]) -> Result<StatsState, StoreError> {
-    let StatsRecord::V1 { total, last_id, last_status, last_finished_ms } =
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("stats: {e}")))?;
+    let StatsV1 { total, last_id, last_status, last_finished_ms } = decode_v1("stats", bytes)?;
     let last_dispatch = match last_status.as_deref() {
         None => None,
         Some(s) => Some(LastDispatch { status: status_of(s)?, finished_ms: last_finished_ms }),
     };
     Ok(StatsState { stats: WebhookStats { total_dispatches: total, last_dispatch }, last_id })
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "v")]
-enum DispatchRecord {
-    #[serde(rename = "1")]
-    V1(DispatchV1),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -186,7 +187,7 @@ struct CallV1 {
 }
 
 pub fn encode_dispatch(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
-    let rec = DispatchRecord::V1(DispatchV1 {
+    let rec = DispatchV1 {
         id: d.id.clone(),
         user_id: d.user_id.clone(),
         webhook_id: d.webhook_id.clone(),
@@ -218,13 +219,12 @@ pub fn encode_dispatch(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
             .collect(),
         next_due_ms: d.next_due_ms,
         finished_ms: d.finished_ms,
-    });
-    serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    encode_v1(&rec)
 }
 
 pub fn decode_dispatch(bytes: &[u8]) -> Result<Dispatch, StoreError> {
-    let DispatchRecord::V1(r) =
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("dispatch: {e}")))?;
+    let r: DispatchV1 = decode_v1("dispatch", bytes)?;
     let event_type = if r.event_type == "TEST" {
         EventType::Test
     } else {

@@ -508,11 +508,13 @@ fn ingest(
             dispatch_ids: ids,
         };
         if let Some(record) = &event.record_json {
-            let stored =
-                serde_json::json!({"v": "1", "event": record, "dispatchIds": a.dispatch_ids});
+            // Version byte, then the event's JSON as it is (it is JSON already: no second encoding).
+            let ids = serde_json::to_string(&a.dispatch_ids)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let stored = format!("\u{1}{{\"dispatchIds\":{ids},\"event\":{record}}}");
             tx.open_table(EVENTS)
                 .map_err(storage)?
-                .insert((event.created_ms, event.id.as_str()), stored.to_string().as_bytes())
+                .insert((event.created_ms, event.id.as_str()), stored.as_bytes())
                 .map_err(storage)?;
         }
         if let Some(key) = &event.idempotency_key {
