@@ -23,6 +23,23 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
     resp
 }
 
+/// A list page in Apify's shape: `{"data": {total, offset, limit, count, desc, items}}`.
+pub fn page_response(
+    total: u64,
+    page: &crate::store::PageRequest,
+    items: Vec<Value>,
+) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"data": {
+        "total": total,
+        "offset": page.offset,
+        "limit": page.limit,
+        "count": items.len(),
+        "desc": page.desc,
+        "items": items,
+    }});
+    json_response(StatusCode::OK, &body)
+}
+
 pub fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = status;

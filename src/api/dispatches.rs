@@ -7,7 +7,7 @@ use http_body_util::Full;
 use hyper::Response;
 use serde_json::{Value, json};
 
-use super::body::json_response;
+use super::body::{json_response, page_response};
 use super::error::ApiError;
 use super::render::EventParts;
 use super::routes::Query;
@@ -110,18 +110,7 @@ pub async fn list(
         return Err(not_found());
     }
     let result = state.store.list_dispatches(user.id.clone(), scope, page).await?;
-    let items: Vec<Value> = result.items.iter().map(dispatch_json).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"data": {
-            "total": result.total,
-            "offset": page.offset,
-            "limit": page.limit,
-            "count": items.len(),
-            "desc": page.desc,
-            "items": items,
-        }}),
-    ))
+    Ok(page_response(result.total, &page, result.items.iter().map(dispatch_json).collect()))
 }
 
 pub async fn get(state: &ApiState, user: &User, id: String) -> Result<Resp, ApiError> {

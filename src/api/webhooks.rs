@@ -7,7 +7,7 @@ use http_body_util::Full;
 use hyper::Response;
 use serde_json::{Map, Value, json};
 
-use super::body::{empty_response, json_response};
+use super::body::{empty_response, json_response, page_response};
 use super::error::ApiError;
 use super::routes::Query;
 use super::{ApiState, LIST_LIMIT_MAX};
@@ -35,17 +35,10 @@ pub async fn list(
 ) -> Result<Resp, ApiError> {
     let page = query.page(LIST_LIMIT_MAX)?;
     let result = state.store.list_webhooks(user.id.clone(), scope, page).await?;
-    let items: Vec<Value> = result.items.iter().map(|(w, s)| webhook_json(w, s, false)).collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"data": {
-            "total": result.total,
-            "offset": page.offset,
-            "limit": page.limit,
-            "count": items.len(),
-            "desc": page.desc,
-            "items": items,
-        }}),
+    Ok(page_response(
+        result.total,
+        &page,
+        result.items.iter().map(|(w, s)| webhook_json(w, s, false)).collect(),
     ))
 }
 

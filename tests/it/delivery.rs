@@ -228,19 +228,7 @@ fn ad_hoc_webhook_fires_once() {
 fn conditions_match_exactly_the_right_events_and_users_stay_apart() {
     let rx = ok_receiver();
     let d = TestDaemon::start(&fast("[10]", 5000));
-    let all_types = json!([
-        "ACTOR.RUN.CREATED",
-        "ACTOR.RUN.SUCCEEDED",
-        "ACTOR.RUN.FAILED",
-        "ACTOR.RUN.ABORTED",
-        "ACTOR.RUN.TIMED_OUT",
-        "ACTOR.RUN.RESURRECTED",
-        "ACTOR.BUILD.CREATED",
-        "ACTOR.BUILD.SUCCEEDED",
-        "ACTOR.BUILD.FAILED",
-        "ACTOR.BUILD.ABORTED",
-        "ACTOR.BUILD.TIMED_OUT"
-    ]);
+    let all_types = all_event_types();
     let hook = |token: &str, name: &str, condition: Value| {
         d.create_webhook(token, &json!({"eventTypes": all_types, "condition": condition, "requestUrl": rx.url(&format!("/{name}"))}))
     };
@@ -643,19 +631,7 @@ fn bad_events_are_refused_and_change_nothing() {
 fn run_and_build_state_reports_raise_the_implied_events() {
     let rx = ok_receiver();
     let d = TestDaemon::start(&fast("[10]", 5000));
-    let all_types = json!([
-        "ACTOR.RUN.CREATED",
-        "ACTOR.RUN.SUCCEEDED",
-        "ACTOR.RUN.FAILED",
-        "ACTOR.RUN.ABORTED",
-        "ACTOR.RUN.TIMED_OUT",
-        "ACTOR.RUN.RESURRECTED",
-        "ACTOR.BUILD.CREATED",
-        "ACTOR.BUILD.SUCCEEDED",
-        "ACTOR.BUILD.FAILED",
-        "ACTOR.BUILD.ABORTED",
-        "ACTOR.BUILD.TIMED_OUT"
-    ]);
+    let all_types = all_event_types();
     d.create_webhook(
         ALICE_TOKEN,
         &json!({"eventTypes": all_types, "condition": {"actorId": "A"}, "requestUrl": rx.url("/")}),

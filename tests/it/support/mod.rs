@@ -182,6 +182,23 @@ impl TestDaemon {
     }
 }
 
+/// Every event type a webhook can subscribe to.
+pub fn all_event_types() -> Value {
+    serde_json::json!([
+        "ACTOR.RUN.CREATED",
+        "ACTOR.RUN.SUCCEEDED",
+        "ACTOR.RUN.FAILED",
+        "ACTOR.RUN.ABORTED",
+        "ACTOR.RUN.TIMED_OUT",
+        "ACTOR.RUN.RESURRECTED",
+        "ACTOR.BUILD.CREATED",
+        "ACTOR.BUILD.SUCCEEDED",
+        "ACTOR.BUILD.FAILED",
+        "ACTOR.BUILD.ABORTED",
+        "ACTOR.BUILD.TIMED_OUT"
+    ])
+}
+
 /// A run event of `actor` (run `run`, optionally from `task`).
 pub fn run_event(event_type: &str, actor: &str, task: Option<&str>, run: &str) -> Value {
     let mut data = serde_json::json!({"actorId": actor, "actorRunId": run});
