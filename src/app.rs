@@ -18,7 +18,7 @@ use crate::config::{Config, User};
 use crate::delivery::Dispatcher;
 use crate::delivery::sender::{Sender, SenderConfig};
 use crate::sd_notify::notify;
-use crate::store::{Storage, Store};
+use crate::store::{Storage, Store, StoreLimits};
 
 /// The user created when the config lists none.
 pub const ADMIN_USER_ID: &str = "admin";
@@ -54,13 +54,13 @@ pub async fn run_on(
         config.users.clone()
     };
     let store_path = config.data_dir.join(STORE_FILE);
-    let (store, writer) = Store::open_on(
-        storage,
-        &store_path,
-        config.limits.write_queue_max,
-        config.limits.write_batch_max,
-    )
-    .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let store_limits = StoreLimits {
+        write_queue_max: config.limits.write_queue_max,
+        write_batch_max: config.limits.write_batch_max,
+        cache_bytes: config.limits.store_cache_bytes,
+    };
+    let (store, writer) = Store::open_on(storage, &store_path, store_limits)
+        .with_context(|| format!("opening the store {}", store_path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

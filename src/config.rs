@@ -69,9 +69,11 @@ pub struct Limits {
     pub write_queue_max: usize,
     /// Write operations committed together in one transaction (one fsync).
     pub write_batch_max: usize,
+    /// Bytes of the store's own page cache (the OS caches the file as well).
+    pub store_cache_bytes: usize,
     /// Bytes of one rendered payload or headers template.
     pub template_output_bytes_max: usize,
-    /// Parsed templates kept in memory (keyed by webhook and its version).
+    /// Parsed templates kept in memory (one entry per distinct template text).
     pub template_cache_entries_max: usize,
     /// Time open requests get to finish after SIGTERM before connections are dropped.
     pub shutdown_grace_ms: u64,
@@ -113,6 +115,7 @@ impl Default for Config {
                 body_read_timeout_ms: 30_000,
                 write_queue_max: 8192,
                 write_batch_max: 1000,
+                store_cache_bytes: 16 * 1024 * 1024,
                 template_output_bytes_max: 4 * 1024 * 1024,
                 template_cache_entries_max: 10_000,
                 shutdown_grace_ms: 10_000,
@@ -151,6 +154,7 @@ struct RawLimits {
     body_read_timeout_ms: Option<u64>,
     write_queue_max: Option<u64>,
     write_batch_max: Option<u64>,
+    store_cache_bytes: Option<u64>,
     template_output_bytes_max: Option<u64>,
     template_cache_entries_max: Option<u64>,
     shutdown_grace_ms: Option<u64>,
@@ -256,6 +260,11 @@ impl Config {
                 rl.write_batch_max,
                 dl.write_batch_max,
             )?,
+            store_cache_bytes: size(
+                "limits.store_cache_bytes",
+                rl.store_cache_bytes,
+                dl.store_cache_bytes,
+            )?,
             template_output_bytes_max: size(
                 "limits.template_output_bytes_max",
                 rl.template_output_bytes_max,
@@ -296,6 +305,7 @@ impl Config {
                 body_read_timeout_ms: Some(l.body_read_timeout_ms),
                 write_queue_max: Some(l.write_queue_max as u64),
                 write_batch_max: Some(l.write_batch_max as u64),
+                store_cache_bytes: Some(l.store_cache_bytes as u64),
                 template_output_bytes_max: Some(l.template_output_bytes_max as u64),
                 template_cache_entries_max: Some(l.template_cache_entries_max as u64),
                 shutdown_grace_ms: Some(l.shutdown_grace_ms),

@@ -1,5 +1,6 @@
-//! Turning a matched webhook and an event into a dispatch: templates parsed once per webhook
-//! version (a bounded cache), rendered per event; a template that cannot render makes the
+//! Turning a matched webhook and an event into a dispatch: templates parsed once per distinct
+//! template text (a bounded cache, so the many webhooks on the default template share one
+//! entry), rendered per event; a template that cannot render makes the
 //! dispatch FAILED at once, with the reason as its one call's error.
 
 use std::collections::HashMap;
@@ -10,13 +11,17 @@ use serde_json::Value;
 use crate::model::{Call, Dispatch, DispatchStatus, EventType, Webhook};
 use crate::template::{Context, Template, TemplateError};
 
+type TemplateKey = (String, Option<String>, bool);
+
 struct Compiled {
     payload: Template,
     headers: Option<Template>,
 }
 
 pub struct Renderer {
-    cache: Mutex<HashMap<String, (u64, Arc<Compiled>)>>,
+    /// Hash of (payload template, headers template, shouldInterpolateStrings) -> the parsed
+    /// templates with their texts (compared on a hit, so a hash collision is only a miss).
+    cache: Mutex<HashMap<u64, (TemplateKey, Arc<Compiled>)>>,
     cache_entries_max: usize,
     output_bytes_max: usize,
 }
@@ -37,9 +42,17 @@ impl Renderer {
     }
 
     fn compiled(&self, w: &Webhook) -> Result<Arc<Compiled>, TemplateError> {
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&w.payload_template, &w.headers_template, w.should_interpolate_strings).hash(&mut h);
+            h.finish()
+        };
         if let Ok(cache) = self.cache.lock()
-            && let Some((version, c)) = cache.get(&w.id)
-            && *version == w.modified_ms
+            && let Some(((payload, headers, interpolate), c)) = cache.get(&hash)
+            && *payload == w.payload_template
+            && *headers == w.headers_template
+            && *interpolate == w.should_interpolate_strings
         {
             return Ok(c.clone());
         }
@@ -56,7 +69,12 @@ impl Renderer {
             if cache.len() >= self.cache_entries_max {
                 cache.clear();
             }
-            cache.insert(w.id.clone(), (w.modified_ms, c.clone()));
+            let key = (
+                w.payload_template.clone(),
+                w.headers_template.clone(),
+                w.should_interpolate_strings,
+            );
+            cache.insert(hash, (key, c.clone()));
         }
         Ok(c)
     }

@@ -99,8 +99,14 @@ impl StorageBackend for Boxed {
     }
 }
 
-/// redb's page cache; the store is small and the OS caches the file too.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// The bounds of a store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    pub write_queue_max: usize,
+    pub write_batch_max: usize,
+    /// redb's page cache; the OS caches the file too.
+    pub cache_bytes: usize,
+}
 
 /// A page request, already clamped by the API.
 #[derive(Clone, Copy, Debug)]
@@ -242,23 +248,18 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store file, repairing it after a crash, and starts the writer.
-    pub fn open(
-        path: &Path,
-        write_queue_max: usize,
-        write_batch_max: usize,
-    ) -> Result<(Store, WriterHandle), StoreError> {
-        Store::open_on(Storage::File, path, write_queue_max, write_batch_max)
+    pub fn open(path: &Path, limits: StoreLimits) -> Result<(Store, WriterHandle), StoreError> {
+        Store::open_on(Storage::File, path, limits)
     }
 
     /// Like [`Store::open`], on the given storage.
     pub fn open_on(
         storage: Storage,
         path: &Path,
-        write_queue_max: usize,
-        write_batch_max: usize,
+        limits: StoreLimits,
     ) -> Result<(Store, WriterHandle), StoreError> {
         let mut builder = Database::builder();
-        builder.set_cache_size(CACHE_BYTES);
+        builder.set_cache_size(limits.cache_bytes);
         let announced = AtomicBool::new(false);
         builder.set_repair_callback(move |session| {
             // Called only when the last shutdown was unclean (kill -9, crash, power loss).
@@ -275,12 +276,12 @@ impl Store {
         let db = Arc::new(db);
         let fatal = Arc::new(Fatal::default());
         let outbox_changed = Arc::new(Notify::new());
-        let (tx, rx) = mpsc::channel(write_queue_max);
+        let (tx, rx) = mpsc::channel(limits.write_queue_max);
         let handle = writer::spawn(
             db.clone(),
             tx.clone(),
             rx,
-            write_batch_max,
+            limits.write_batch_max,
             fatal.clone(),
             outbox_changed.clone(),
         )?;
@@ -719,11 +720,22 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
                     "the store has schema version {v}; this hookd reads version {SCHEMA_VERSION}"
                 )));
             }
-            Some(_) => {}
+            Some(_) => {
+                // Set by the writer's last commit on a clean stop; cleared for this run.
+                let clean = meta.get(META_CLEAN_CLOSE).map_err(storage)?.map(|v| v.value());
+                if clean == Some(1) {
+                    tracing::info!("the last run closed the store cleanly");
+                } else {
+                    tracing::warn!(
+                        "the last run did not close the store cleanly; every ACTIVE dispatch is due again"
+                    );
+                }
+            }
             None => {
                 meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION).map_err(storage)?;
             }
         }
+        meta.insert(META_CLEAN_CLOSE, 0).map_err(storage)?;
         tx.open_table(WEBHOOKS).map_err(storage)?;
         tx.open_table(WEBHOOKS_BY_USER).map_err(storage)?;
         tx.open_table(WEBHOOK_MATCH).map_err(storage)?;

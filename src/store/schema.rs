@@ -8,6 +8,8 @@ use crate::model::ConditionKind;
 /// Bumped on any incompatible change; a file with a newer version is refused.
 pub const SCHEMA_VERSION: u64 = 2;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
+/// 1 when the writer's last commit was the one it makes on a clean stop; 0 while running.
+pub const META_CLEAN_CLOSE: &str = "clean_close";
 
 /// name -> value (schema version).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

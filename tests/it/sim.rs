@@ -14,7 +14,7 @@ use hookd::delivery::policy::Outcome;
 use hookd::delivery::sender::Sent;
 use hookd::delivery::{Scheduler, finish};
 use hookd::model::{Call, Condition, Dispatch, DispatchStatus, EventType, Webhook, WebhookDraft};
-use hookd::store::{NewEvent, Store, WriterHandle};
+use hookd::store::{NewEvent, Store, StoreLimits, WriterHandle};
 
 const DELAYS: [u64; 3] = [100, 200, 400];
 
@@ -49,7 +49,8 @@ struct Known {
 }
 
 fn open(path: &Path) -> (Store, WriterHandle) {
-    Store::open(path, 1024, 64).expect("open store")
+    let limits = StoreLimits { write_queue_max: 1024, write_batch_max: 64, cache_bytes: 4 << 20 };
+    Store::open(path, limits).expect("open store")
 }
 
 struct Sim {
