@@ -78,10 +78,11 @@ pub async fn test(state: &ApiState, user: &User, id: String) -> Result<Resp, Api
         event_data: &Value::Null,
         resource: &resource,
     };
-    let dispatch_id = crate::sys::new_id().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let dispatch_id =
+        crate::sys::new_time_id(now_ms).map_err(|e| ApiError::Internal(e.to_string()))?;
     let d = state.renderer.dispatch(dispatch_id, &w, &parts, now_ms);
     let event = NewEvent {
-        id: crate::sys::new_id().map_err(|e| ApiError::Internal(e.to_string()))?,
+        id: crate::sys::new_time_id(now_ms).map_err(|e| ApiError::Internal(e.to_string()))?,
         user_id: user.id.clone(),
         created_ms: now_ms,
         event_type: EventType::Test,

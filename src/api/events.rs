@@ -181,7 +181,7 @@ async fn prepare(
         };
         let mut dispatches = Vec::with_capacity(webhooks.len());
         for w in &webhooks {
-            dispatches.push(state.renderer.dispatch(new_id()?, w, &parts, now_ms));
+            dispatches.push(state.renderer.dispatch(new_id(now_ms)?, w, &parts, now_ms));
         }
         let record = json!({
             "userId": user.id,
@@ -191,7 +191,7 @@ async fn prepare(
             "resource": e.resource,
         });
         out.push(NewEvent {
-            id: new_id()?,
+            id: new_id(now_ms)?,
             user_id: user.id.clone(),
             created_ms: e.created_ms,
             event_type: e.event_type,
@@ -203,8 +203,9 @@ async fn prepare(
     Ok(out)
 }
 
-fn new_id() -> Result<String, ApiError> {
-    crate::sys::new_id().map_err(|e| ApiError::Internal(format!("random source: {e}")))
+/// A time-ordered id (the store appends dispatches in id order).
+fn new_id(now_ms: u64) -> Result<String, ApiError> {
+    crate::sys::new_time_id(now_ms).map_err(|e| ApiError::Internal(format!("random source: {e}")))
 }
 
 fn answer_json(a: &EventAnswer) -> Value {

@@ -351,7 +351,21 @@ impl Store {
         events: Vec<NewEvent>,
         job: Option<JobReport>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
-        self.write(|reply| WriteOp::Ingest { events, job, reply }).await
+        // Encoding here, on the caller's task, keeps it off the single writer thread.
+        let mut encoded = Vec::with_capacity(events.len());
+        for event in events {
+            let mut dispatches = Vec::with_capacity(event.dispatches.len());
+            for d in &event.dispatches {
+                let state = records::state_of(d);
+                dispatches.push(writer::EncodedDispatch {
+                    request: records::encode_dispatch_request(d)?,
+                    state: records::encode_dispatch_state(&state)?,
+                    target: state.target,
+                });
+            }
+            encoded.push(writer::EncodedEvent { event, dispatches });
+        }
+        self.write(|reply| WriteOp::Ingest { events: encoded, job, reply }).await
     }
 
     /// Appends a call to a dispatch and applies the decision (next due time, or its end).
@@ -423,18 +437,9 @@ impl Store {
         id: String,
     ) -> Result<Option<Dispatch>, StoreError> {
         self.read(move |rtx| {
-            let ids = rtx.open_table(DISPATCH_IDS).map_err(storage)?;
-            let Some(created) = ids.get(id.as_str()).map_err(storage)?.map(|v| v.value()) else {
-                return Ok(None);
-            };
-            let table = rtx.open_table(DISPATCHES).map_err(storage)?;
-            match table.get((created, id.as_str())).map_err(storage)? {
-                Some(b) => {
-                    let d = records::decode_dispatch(b.value())?;
-                    Ok((d.user_id == user_id).then_some(d))
-                }
-                None => Ok(None),
-            }
+            let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
+            Ok(read_dispatch(&requests, &states, &id)?.filter(|d| d.user_id == user_id))
         })
         .await
     }
@@ -456,19 +461,18 @@ impl Store {
                 DispatchScope::Webhook(id) => id.clone(),
             };
             let index = rtx.open_table(table).map_err(storage)?;
-            let lo = (owner.as_str(), 0u64, "");
-            let hi = (owner.as_str(), u64::MAX, ID_MAX);
+            let lo = (owner.as_str(), "");
+            let hi = (owner.as_str(), ID_MAX);
             let total = index.range(lo..=hi).map_err(storage)?.count() as u64;
-            let keys =
-                page_ids(index.range(lo..=hi).map_err(storage)?, page, |k| (k.1, k.2.to_string()))?;
-            let dispatches = rtx.open_table(DISPATCHES).map_err(storage)?;
-            let mut items = Vec::with_capacity(keys.len());
-            for (created, id) in keys {
-                if let Some(b) = dispatches.get((created, id.as_str())).map_err(storage)? {
-                    let d = records::decode_dispatch(b.value())?;
-                    if d.user_id == user_id {
-                        items.push(d);
-                    }
+            let ids = page_ids(index.range(lo..=hi).map_err(storage)?, page, |k| k.1.to_string())?;
+            let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
+            let mut items = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(d) = read_dispatch(&requests, &states, &id)?
+                    && d.user_id == user_id
+                {
+                    items.push(d);
                 }
             }
             Ok(Page { total, items })
@@ -482,7 +486,8 @@ impl Store {
     pub async fn due_dispatches(&self, req: DueRequest) -> Result<Due, StoreError> {
         self.read(move |rtx| {
             let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
-            let dispatches = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
             let mut due = Due::default();
             let start = req.start_after.clone().map(|t| t + "\u{0}").unwrap_or_default();
             // Two sweeps: targets after `start_after`, then from the first target up to it.
@@ -512,7 +517,7 @@ impl Store {
                     let lo = (target.as_str(), 0u64, "");
                     let hi = (target.as_str(), u64::MAX, ID_MAX);
                     for entry in outbox.range(lo..=hi).map_err(storage)? {
-                        let (k, created) = entry.map_err(storage)?;
+                        let (k, _) = entry.map_err(storage)?;
                         let (_, due_ms, id) = k.value();
                         if due_ms > req.now_ms {
                             due.next_due_ms =
@@ -525,11 +530,10 @@ impl Store {
                         if free == 0 || due.dispatches.len() >= req.take_max {
                             break;
                         }
-                        let Some(b) = dispatches.get((created.value(), id)).map_err(storage)?
-                        else {
+                        let Some(d) = read_dispatch(&requests, &states, id)? else {
                             return Err(StoreError::Corrupt(format!("outbox names missing {id}")));
                         };
-                        due.dispatches.push((target.clone(), records::decode_dispatch(b.value())?));
+                        due.dispatches.push((target.clone(), d));
                         free -= 1;
                     }
                 }
@@ -558,11 +562,14 @@ impl Store {
     /// Every dispatch, in id order. A full scan, for checks and tools, not for the hot path.
     pub async fn all_dispatches(&self) -> Result<Vec<Dispatch>, StoreError> {
         self.read(|rtx| {
-            let table = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
+            let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
             let mut out = Vec::new();
-            for entry in table.iter().map_err(storage)? {
-                let (_, v) = entry.map_err(storage)?;
-                out.push(records::decode_dispatch(v.value())?);
+            for entry in requests.iter().map_err(storage)? {
+                let (k, _) = entry.map_err(storage)?;
+                if let Some(d) = read_dispatch(&requests, &states, k.value())? {
+                    out.push(d);
+                }
             }
             Ok(out)
         })
@@ -693,6 +700,20 @@ fn page_ids<K: redb::Key + 'static, T>(
     Ok(out)
 }
 
+fn read_dispatch(
+    requests: &impl ReadableTable<&'static str, &'static [u8]>,
+    states: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<Dispatch>, StoreError> {
+    let Some(request) = requests.get(id).map_err(storage)? else {
+        return Ok(None);
+    };
+    let Some(state) = states.get(id).map_err(storage)? else {
+        return Err(StoreError::Corrupt(format!("dispatch {id} has no state")));
+    };
+    records::decode_dispatch(request.value(), state.value()).map(Some)
+}
+
 fn read_webhook(
     webhooks: &impl ReadableTable<&'static str, &'static [u8]>,
     stats: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -745,7 +766,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         tx.open_table(EVENTS).map_err(storage)?;
         tx.open_table(EVENT_IDEM).map_err(storage)?;
         tx.open_table(DISPATCHES).map_err(storage)?;
-        tx.open_table(DISPATCH_IDS).map_err(storage)?;
+        tx.open_table(DISPATCH_STATES).map_err(storage)?;
         tx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
         tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
         tx.open_table(OUTBOX).map_err(storage)?;

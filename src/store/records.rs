@@ -156,13 +156,13 @@ pub fn decode_stats(bytes: &[u8]) -> Result<StatsState, StoreError> {
     Ok(StatsState { stats: WebhookStats { total_dispatches: total, last_dispatch }, last_id })
 }
 
+/// The part of a dispatch that never changes: written once, when it is made.
 #[derive(Serialize, Deserialize)]
-struct DispatchV1 {
+struct DispatchRequestV1 {
     id: String,
     user_id: String,
     webhook_id: String,
     created_ms: u64,
-    status: String,
     event_type: String,
     event_data: Option<String>,
     condition: ConditionV1,
@@ -172,6 +172,16 @@ struct DispatchV1 {
     do_not_retry: bool,
     body: String,
     headers: Vec<(String, String)>,
+}
+
+/// The part of a dispatch that each call changes, kept apart so that recording a call
+/// rewrites tens of bytes instead of the payload. It repeats the webhook and the target,
+/// which the writer needs (stats, outbox keys) without reading the request.
+#[derive(Serialize, Deserialize)]
+struct DispatchStateV1 {
+    webhook_id: String,
+    target: String,
+    status: String,
     calls: Vec<CallV1>,
     next_due_ms: Option<u64>,
     finished_ms: Option<u64>,
@@ -186,13 +196,23 @@ struct CallV1 {
     response_body: Option<String>,
 }
 
-pub fn encode_dispatch(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
-    let rec = DispatchV1 {
+/// What the writer reads and rewrites when a call ends or a dispatch is ended.
+pub struct DispatchState {
+    pub webhook_id: String,
+    /// The outbox partition (`Dispatch::target_key`).
+    pub target: String,
+    pub status: DispatchStatus,
+    pub calls: Vec<Call>,
+    pub next_due_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+pub fn encode_dispatch_request(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
+    let rec = DispatchRequestV1 {
         id: d.id.clone(),
         user_id: d.user_id.clone(),
         webhook_id: d.webhook_id.clone(),
         created_ms: d.created_ms,
-        status: d.status.as_str().to_string(),
         event_type: d.event_type.as_str().to_string(),
         event_data: d.event_data_json.clone(),
         condition: ConditionV1 {
@@ -206,7 +226,28 @@ pub fn encode_dispatch(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
         do_not_retry: d.do_not_retry,
         body: d.body.clone(),
         headers: d.headers.clone(),
-        calls: d
+    };
+    encode_v1(&rec)
+}
+
+/// The state of a new dispatch.
+pub fn state_of(d: &Dispatch) -> DispatchState {
+    DispatchState {
+        webhook_id: d.webhook_id.clone(),
+        target: d.target_key(),
+        status: d.status,
+        calls: d.calls.clone(),
+        next_due_ms: d.next_due_ms,
+        finished_ms: d.finished_ms,
+    }
+}
+
+pub fn encode_dispatch_state(s: &DispatchState) -> Result<Vec<u8>, StoreError> {
+    let rec = DispatchStateV1 {
+        webhook_id: s.webhook_id.clone(),
+        target: s.target.clone(),
+        status: s.status.as_str().to_string(),
+        calls: s
             .calls
             .iter()
             .map(|c| CallV1 {
@@ -217,14 +258,38 @@ pub fn encode_dispatch(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
                 response_body: c.response_body.clone(),
             })
             .collect(),
-        next_due_ms: d.next_due_ms,
-        finished_ms: d.finished_ms,
+        next_due_ms: s.next_due_ms,
+        finished_ms: s.finished_ms,
     };
     encode_v1(&rec)
 }
 
-pub fn decode_dispatch(bytes: &[u8]) -> Result<Dispatch, StoreError> {
-    let r: DispatchV1 = decode_v1("dispatch", bytes)?;
+pub fn decode_dispatch_state(bytes: &[u8]) -> Result<DispatchState, StoreError> {
+    let r: DispatchStateV1 = decode_v1("dispatch state", bytes)?;
+    Ok(DispatchState {
+        status: status_of(&r.status)?,
+        webhook_id: r.webhook_id,
+        target: r.target,
+        calls: r
+            .calls
+            .into_iter()
+            .map(|c| Call {
+                started_ms: c.started_ms,
+                finished_ms: c.finished_ms,
+                error_message: c.error_message,
+                response_status: c.response_status,
+                response_body: c.response_body,
+            })
+            .collect(),
+        next_due_ms: r.next_due_ms,
+        finished_ms: r.finished_ms,
+    })
+}
+
+/// A whole dispatch from its two records.
+pub fn decode_dispatch(request: &[u8], state: &[u8]) -> Result<Dispatch, StoreError> {
+    let r: DispatchRequestV1 = decode_v1("dispatch", request)?;
+    let s = decode_dispatch_state(state)?;
     let event_type = if r.event_type == "TEST" {
         EventType::Test
     } else {
@@ -232,7 +297,7 @@ pub fn decode_dispatch(bytes: &[u8]) -> Result<Dispatch, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("dispatch {}: {}", r.id, r.event_type)))?
     };
     Ok(Dispatch {
-        status: status_of(&r.status)?,
+        status: s.status,
         id: r.id,
         user_id: r.user_id,
         webhook_id: r.webhook_id,
@@ -250,18 +315,8 @@ pub fn decode_dispatch(bytes: &[u8]) -> Result<Dispatch, StoreError> {
         do_not_retry: r.do_not_retry,
         body: r.body,
         headers: r.headers,
-        calls: r
-            .calls
-            .into_iter()
-            .map(|c| Call {
-                started_ms: c.started_ms,
-                finished_ms: c.finished_ms,
-                error_message: c.error_message,
-                response_status: c.response_status,
-                response_body: c.response_body,
-            })
-            .collect(),
-        next_due_ms: r.next_due_ms,
-        finished_ms: r.finished_ms,
+        calls: s.calls,
+        next_due_ms: s.next_due_ms,
+        finished_ms: s.finished_ms,
     })
 }

@@ -6,7 +6,7 @@ use redb::TableDefinition;
 use crate::model::ConditionKind;
 
 /// Bumped on any incompatible change; a file with a newer version is refused.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// 1 when the writer's last commit was the one it makes on a clean stop; 0 while running.
 pub const META_CLEAN_CLOSE: &str = "clean_close";
@@ -44,21 +44,22 @@ pub const WEBHOOK_FIRED: TableDefinition<&str, ()> = TableDefinition::new("webho
 pub const EVENTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("events");
 /// (user, idempotency key) -> the 202 answer of the event that first used the key.
 pub const EVENT_IDEM: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("event_idem");
-/// (created_ms, dispatch id) -> versioned dispatch record (rendered request, status, calls,
-/// next due time). Keyed by creation time so that inserts append (ids are random).
-pub const DISPATCHES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("dispatches");
-/// dispatch id -> created_ms: finds a dispatch's record from its id.
-pub const DISPATCH_IDS: TableDefinition<&str, u64> = TableDefinition::new("dispatch_ids");
-/// (user, created_ms, dispatch id) -> ().
-pub const DISPATCHES_BY_USER: TableDefinition<(&str, u64, &str), ()> =
+/// dispatch id -> versioned request record (rendered body and headers, target, webhook,
+/// event): written once. Ids begin with their creation time (`sys::new_time_id`), so inserts
+/// append instead of touching a random leaf per dispatch, and id order is `createdAt` order.
+pub const DISPATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("dispatches");
+/// dispatch id -> versioned state record (status, calls, next due time): rewritten per call.
+pub const DISPATCH_STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("dispatch_states");
+/// (user, dispatch id) -> ().
+pub const DISPATCHES_BY_USER: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("dispatches_by_user");
-/// (webhook id, created_ms, dispatch id) -> ().
-pub const DISPATCHES_BY_WEBHOOK: TableDefinition<(&str, u64, &str), ()> =
+/// (webhook id, dispatch id) -> ().
+pub const DISPATCHES_BY_WEBHOOK: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("dispatches_by_webhook");
-/// The outbox: (target, due_ms, dispatch id) -> the dispatch's created_ms. A dispatch has
-/// exactly one key here while it is ACTIVE. Partitioned by target (`scheme://host:port`) so the
-/// scheduler takes due work per target, within each target's in-flight bound.
-pub const OUTBOX: TableDefinition<(&str, u64, &str), u64> = TableDefinition::new("outbox");
+/// The outbox: (target, due_ms, dispatch id) -> (). A dispatch has exactly one key here while
+/// it is ACTIVE. Partitioned by target (`scheme://host:port`) so the scheduler takes due work
+/// per target, within each target's in-flight bound.
+pub const OUTBOX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("outbox");
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 

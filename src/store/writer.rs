@@ -3,19 +3,19 @@
 //! transaction, commits once (one fsync), then answers each. A storage error is fail-stop:
 //! every pending operation gets an error and the thread ends, so the process exits non-zero.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::storage;
-use super::records::StatsState;
+use super::records::{DispatchState, StatsState};
 use super::schema::*;
 use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError, records};
 use crate::model::{
-    Call, Decision, Dispatch, DispatchStatus, EventType, LastDispatch, Webhook, WebhookPatch,
-    WebhookStats,
+    Call, Decision, DispatchStatus, EventType, LastDispatch, Webhook, WebhookPatch, WebhookStats,
 };
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -39,7 +39,7 @@ pub(crate) enum WriteOp {
         reply: Reply<()>,
     },
     Ingest {
-        events: Vec<NewEvent>,
+        events: Vec<EncodedEvent>,
         job: Option<JobReport>,
         reply: Reply<Vec<EventAnswer>>,
     },
@@ -51,6 +51,19 @@ pub(crate) enum WriteOp {
     },
     /// Commit what came before, then stop.
     Close,
+}
+
+/// An event with its dispatches' records, encoded by the caller (off the writer thread).
+pub(crate) struct EncodedEvent {
+    pub event: NewEvent,
+    /// One per `event.dispatches`, in order.
+    pub dispatches: Vec<EncodedDispatch>,
+}
+
+pub(crate) struct EncodedDispatch {
+    pub request: Vec<u8>,
+    pub state: Vec<u8>,
+    pub target: String,
 }
 
 /// An answer computed inside the transaction, sent only once the commit is known.
@@ -128,6 +141,143 @@ fn run(
     }
 }
 
+/// Every table, opened once per group commit (opening a table looks it up in redb's table
+/// tree: doing that per insert cost more than the inserts), and the stats the group changed,
+/// written once per webhook just before the commit instead of once per dispatch.
+struct Batch<'t> {
+    meta: Table<'t, &'static str, u64>,
+    webhooks: Table<'t, &'static str, &'static [u8]>,
+    webhooks_by_user: Table<'t, (&'static str, u64, &'static str), ()>,
+    webhook_match: Table<'t, (&'static str, u8, &'static str, u64, &'static str), ()>,
+    webhook_idem: Table<'t, (&'static str, &'static str), &'static str>,
+    webhook_stats: Table<'t, &'static str, &'static [u8]>,
+    webhook_fired: Table<'t, &'static str, ()>,
+    events: Table<'t, (u64, &'static str), &'static [u8]>,
+    event_idem: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    dispatches: Table<'t, &'static str, &'static [u8]>,
+    dispatch_states: Table<'t, &'static str, &'static [u8]>,
+    dispatches_by_user: Table<'t, (&'static str, &'static str), ()>,
+    dispatches_by_webhook: Table<'t, (&'static str, &'static str), ()>,
+    outbox: Table<'t, (&'static str, u64, &'static str), ()>,
+    jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
+    /// Stats read or changed in this group: webhook id -> (stats, changed).
+    stats: HashMap<String, (StatsState, bool)>,
+    outbox_grew: bool,
+}
+
+impl<'t> Batch<'t> {
+    fn open(tx: &'t WriteTransaction) -> Result<Batch<'t>, StoreError> {
+        Ok(Batch {
+            meta: tx.open_table(META).map_err(storage)?,
+            webhooks: tx.open_table(WEBHOOKS).map_err(storage)?,
+            webhooks_by_user: tx.open_table(WEBHOOKS_BY_USER).map_err(storage)?,
+            webhook_match: tx.open_table(WEBHOOK_MATCH).map_err(storage)?,
+            webhook_idem: tx.open_table(WEBHOOK_IDEM).map_err(storage)?,
+            webhook_stats: tx.open_table(WEBHOOK_STATS).map_err(storage)?,
+            webhook_fired: tx.open_table(WEBHOOK_FIRED).map_err(storage)?,
+            events: tx.open_table(EVENTS).map_err(storage)?,
+            event_idem: tx.open_table(EVENT_IDEM).map_err(storage)?,
+            dispatches: tx.open_table(DISPATCHES).map_err(storage)?,
+            dispatch_states: tx.open_table(DISPATCH_STATES).map_err(storage)?,
+            dispatches_by_user: tx.open_table(DISPATCHES_BY_USER).map_err(storage)?,
+            dispatches_by_webhook: tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?,
+            outbox: tx.open_table(OUTBOX).map_err(storage)?,
+            jobs: tx.open_table(JOBS).map_err(storage)?,
+            stats: HashMap::new(),
+            outbox_grew: false,
+        })
+    }
+
+    /// The webhook's stats as this group sees them.
+    fn stats(&mut self, webhook_id: &str) -> Result<&mut (StatsState, bool), StoreError> {
+        if !self.stats.contains_key(webhook_id) {
+            let got = self.webhook_stats.get(webhook_id).map_err(storage)?;
+            let s = match got {
+                Some(b) => records::decode_stats(b.value())?,
+                None => StatsState { stats: WebhookStats::default(), last_id: None },
+            };
+            self.stats.insert(webhook_id.to_string(), (s, false));
+        }
+        self.stats.get_mut(webhook_id).ok_or_else(|| StoreError::Corrupt("stats cache".into()))
+    }
+
+    /// Writes the changed stats of webhooks that still exist.
+    fn flush_stats(&mut self) -> Result<(), StoreError> {
+        for (id, (s, changed)) in std::mem::take(&mut self.stats) {
+            if changed && self.webhooks.get(id.as_str()).map_err(storage)?.is_some() {
+                let bytes = records::encode_stats(&s)?;
+                self.webhook_stats.insert(id.as_str(), bytes.as_slice()).map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, id: &str) -> Result<Option<(Webhook, WebhookStats)>, StoreError> {
+        let Some(bytes) = self.webhooks.get(id).map_err(storage)? else {
+            return Ok(None);
+        };
+        let w = records::decode_webhook(bytes.value())?;
+        drop(bytes);
+        let s = self.stats(id)?.0.stats.clone();
+        Ok(Some((w, s)))
+    }
+
+    fn webhook_exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.webhooks.get(id).map_err(storage)?.is_some())
+    }
+
+    fn load_state(&self, dispatch_id: &str) -> Result<Option<DispatchState>, StoreError> {
+        let got = self.dispatch_states.get(dispatch_id).map_err(storage)?;
+        got.map(|b| records::decode_dispatch_state(b.value())).transpose()
+    }
+
+    fn save_state(&mut self, dispatch_id: &str, s: &DispatchState) -> Result<(), StoreError> {
+        let bytes = records::encode_dispatch_state(s)?;
+        self.dispatch_states.insert(dispatch_id, bytes.as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Removes the dispatch's outbox key (it has one exactly while ACTIVE).
+    fn unqueue(&mut self, dispatch_id: &str, s: &DispatchState) -> Result<(), StoreError> {
+        if let Some(due) = s.next_due_ms {
+            self.outbox.remove((s.target.as_str(), due, dispatch_id)).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, dispatch_id: &str, target: &str, due: u64) -> Result<(), StoreError> {
+        self.outbox.insert((target, due, dispatch_id), ()).map_err(storage)?;
+        self.outbox_grew = true;
+        Ok(())
+    }
+
+    /// Keeps `lastDispatch` in step when the webhook's latest dispatch changes status.
+    fn follow_last_dispatch(&mut self, id: &str, s: &DispatchState) -> Result<(), StoreError> {
+        if !self.webhook_exists(&s.webhook_id)? {
+            return Ok(());
+        }
+        let (stats, changed) = self.stats(&s.webhook_id)?;
+        if stats.last_id.as_deref() == Some(id) {
+            stats.stats.last_dispatch =
+                Some(LastDispatch { status: s.status, finished_ms: s.finished_ms });
+            *changed = true;
+        }
+        Ok(())
+    }
+
+    fn index_condition(&mut self, w: &Webhook, insert: bool) -> Result<(), StoreError> {
+        for (kind, value) in w.condition.keys() {
+            let key = (w.user_id.as_str(), kind_code(kind), value, w.created_ms, w.id.as_str());
+            if insert {
+                self.webhook_match.insert(key, ()).map_err(storage)?;
+            } else {
+                self.webhook_match.remove(key).map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Applies `batch` in one transaction and commits; answers every op either way.
 /// `Ok(true)`: the commit added outbox keys. On a storage error `fatal` is set before any
 /// caller hears back, so every caller of a failed or later write sees `StoreError::Failed`.
@@ -145,12 +295,17 @@ fn commit_batch(
         // crash takes milliseconds instead of a full repair (seconds per GiB). Its cost is
         // one more fsync per group commit, shared by the whole group.
         tx.set_quick_repair(true);
-        for op in ops.by_ref() {
-            let (answer, failure) = apply(&tx, op, &mut outbox_grew);
-            answers.extend(answer);
-            if let Some(e) = failure {
-                return Err(e);
+        {
+            let mut b = Batch::open(&tx)?;
+            for op in ops.by_ref() {
+                let (answer, failure) = apply(&mut b, op);
+                answers.extend(answer);
+                if let Some(e) = failure {
+                    return Err(e);
+                }
             }
+            b.flush_stats()?;
+            outbox_grew = b.outbox_grew;
         }
         tx.commit().map_err(storage)
     })();
@@ -192,33 +347,23 @@ fn settle<T: Send + 'static>(
 }
 
 /// Applies one op. A rule it breaks is its own answer; only storage errors abort the batch.
-fn apply(
-    tx: &WriteTransaction,
-    op: WriteOp,
-    outbox_grew: &mut bool,
-) -> (Option<Answer>, Option<StoreError>) {
+fn apply(b: &mut Batch<'_>, op: WriteOp) -> (Option<Answer>, Option<StoreError>) {
     match op {
         WriteOp::Close => {
             // The stop is clean: the next open says so (a kill leaves this at 0).
-            let marked = (|| {
-                let mut meta = tx.open_table(META).map_err(storage)?;
-                meta.insert(META_CLEAN_CLOSE, 1).map_err(storage)?;
-                Ok::<(), StoreError>(())
-            })();
+            let marked = b.meta.insert(META_CLEAN_CLOSE, 1).map(|_| ()).map_err(storage);
             (None, marked.err())
         }
-        WriteOp::CreateWebhook { webhook, reply } => settle(reply, create(tx, webhook)),
+        WriteOp::CreateWebhook { webhook, reply } => settle(reply, create(b, webhook)),
         WriteOp::UpdateWebhook { user_id, id, patch, now_ms, reply } => {
-            settle(reply, update(tx, &user_id, &id, &patch, now_ms))
+            settle(reply, update(b, &user_id, &id, &patch, now_ms))
         }
         WriteOp::DeleteWebhook { user_id, id, now_ms, reply } => {
-            settle(reply, delete(tx, &user_id, &id, now_ms))
+            settle(reply, delete(b, &user_id, &id, now_ms))
         }
-        WriteOp::Ingest { events, job, reply } => {
-            settle(reply, ingest(tx, events, job.as_ref(), outbox_grew))
-        }
+        WriteOp::Ingest { events, job, reply } => settle(reply, ingest(b, events, job.as_ref())),
         WriteOp::RecordCall { dispatch_id, call, decision, reply } => {
-            settle(reply, record_call(tx, &dispatch_id, call, decision, outbox_grew))
+            settle(reply, record_call(b, &dispatch_id, call, decision))
         }
     }
 }
@@ -226,64 +371,41 @@ fn apply(
 /// Outer `Err`: storage failure (aborts the batch). Inner: this op's own answer.
 type OpResult<T> = Result<Result<T, StoreError>, StoreError>;
 
-fn load(tx: &WriteTransaction, id: &str) -> Result<Option<(Webhook, WebhookStats)>, StoreError> {
-    let webhooks = tx.open_table(WEBHOOKS).map_err(storage)?;
-    let stats = tx.open_table(WEBHOOK_STATS).map_err(storage)?;
-    super::read_webhook(&webhooks, &stats, id)
-}
-
-fn create(tx: &WriteTransaction, w: Webhook) -> OpResult<Created> {
+fn create(b: &mut Batch<'_>, w: Webhook) -> OpResult<Created> {
     if let Some(key) = &w.idempotency_key {
-        let existing = {
-            let idem = tx.open_table(WEBHOOK_IDEM).map_err(storage)?;
-            idem.get((w.user_id.as_str(), key.as_str()))
-                .map_err(storage)?
-                .map(|v| v.value().to_string())
-        };
+        let existing = b
+            .webhook_idem
+            .get((w.user_id.as_str(), key.as_str()))
+            .map_err(storage)?
+            .map(|v| v.value().to_string());
         if let Some(id) = existing {
-            let Some((webhook, stats)) = load(tx, &id)? else {
+            let Some((webhook, stats)) = b.load(&id)? else {
                 return Err(StoreError::Corrupt(format!("idempotency key points at missing {id}")));
             };
             return Ok(Ok(Created { webhook, stats, replayed: true }));
         }
-        let mut idem = tx.open_table(WEBHOOK_IDEM).map_err(storage)?;
-        idem.insert((w.user_id.as_str(), key.as_str()), w.id.as_str()).map_err(storage)?;
+        b.webhook_idem
+            .insert((w.user_id.as_str(), key.as_str()), w.id.as_str())
+            .map_err(storage)?;
     }
     let bytes = records::encode_webhook(&w)?;
     debug_assert!(records::decode_webhook(&bytes).is_ok_and(|d| d == w));
-    tx.open_table(WEBHOOKS)
-        .map_err(storage)?
-        .insert(w.id.as_str(), bytes.as_slice())
-        .map_err(storage)?;
-    tx.open_table(WEBHOOKS_BY_USER)
-        .map_err(storage)?
+    b.webhooks.insert(w.id.as_str(), bytes.as_slice()).map_err(storage)?;
+    b.webhooks_by_user
         .insert((w.user_id.as_str(), w.created_ms, w.id.as_str()), ())
         .map_err(storage)?;
-    index_condition(tx, &w, true)?;
+    b.index_condition(&w, true)?;
     Ok(Ok(Created { webhook: w, stats: WebhookStats::default(), replayed: false }))
 }
 
-fn index_condition(tx: &WriteTransaction, w: &Webhook, insert: bool) -> Result<(), StoreError> {
-    let mut index = tx.open_table(WEBHOOK_MATCH).map_err(storage)?;
-    for (kind, value) in w.condition.keys() {
-        let key = (w.user_id.as_str(), kind_code(kind), value, w.created_ms, w.id.as_str());
-        if insert {
-            index.insert(key, ()).map_err(storage)?;
-        } else {
-            index.remove(key).map_err(storage)?;
-        }
-    }
-    Ok(())
-}
-
 fn update(
-    tx: &WriteTransaction,
+    b: &mut Batch<'_>,
     user_id: &str,
     id: &str,
     patch: &WebhookPatch,
     now_ms: u64,
 ) -> OpResult<(Webhook, WebhookStats)> {
-    let Some((old, stats)) = load(tx, id)? else { return Ok(Err(StoreError::NotFound)) };
+    let Some((old, stats)) = b.load(id)? else { return Ok(Err(StoreError::NotFound)) };
     if old.user_id != user_id {
         return Ok(Err(StoreError::NotFound));
     }
@@ -292,141 +414,58 @@ fn update(
         Err(e) => return Ok(Err(StoreError::Invalid(e))),
     };
     if new.condition != old.condition {
-        index_condition(tx, &old, false)?;
-        index_condition(tx, &new, true)?;
+        b.index_condition(&old, false)?;
+        b.index_condition(&new, true)?;
     }
     let bytes = records::encode_webhook(&new)?;
-    tx.open_table(WEBHOOKS).map_err(storage)?.insert(id, bytes.as_slice()).map_err(storage)?;
+    b.webhooks.insert(id, bytes.as_slice()).map_err(storage)?;
     Ok(Ok((new, stats)))
 }
 
-fn delete(tx: &WriteTransaction, user_id: &str, id: &str, now_ms: u64) -> OpResult<()> {
-    let Some((w, _)) = load(tx, id)? else { return Ok(Err(StoreError::NotFound)) };
+fn delete(b: &mut Batch<'_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<()> {
+    let Some((w, _)) = b.load(id)? else { return Ok(Err(StoreError::NotFound)) };
     if w.user_id != user_id {
         return Ok(Err(StoreError::NotFound));
     }
-    tx.open_table(WEBHOOKS).map_err(storage)?.remove(id).map_err(storage)?;
-    tx.open_table(WEBHOOK_STATS).map_err(storage)?.remove(id).map_err(storage)?;
-    tx.open_table(WEBHOOKS_BY_USER)
-        .map_err(storage)?
-        .remove((user_id, w.created_ms, id))
-        .map_err(storage)?;
-    index_condition(tx, &w, false)?;
-    tx.open_table(WEBHOOK_FIRED).map_err(storage)?.remove(id).map_err(storage)?;
+    b.webhooks.remove(id).map_err(storage)?;
+    b.webhook_stats.remove(id).map_err(storage)?;
+    b.stats.remove(id);
+    b.webhooks_by_user.remove((user_id, w.created_ms, id)).map_err(storage)?;
+    b.index_condition(&w, false)?;
+    b.webhook_fired.remove(id).map_err(storage)?;
     // Its dispatches stay readable; the ACTIVE ones end now.
-    let active: Vec<String> = {
-        let by_webhook = tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
-        let range = by_webhook.range((id, 0u64, "")..=(id, u64::MAX, ID_MAX)).map_err(storage)?;
+    let dispatch_ids: Vec<String> = {
+        let range = b.dispatches_by_webhook.range((id, "")..=(id, ID_MAX)).map_err(storage)?;
         let mut ids = Vec::new();
         for entry in range {
             let (k, _) = entry.map_err(storage)?;
-            ids.push(k.value().2.to_string());
+            ids.push(k.value().1.to_string());
         }
         ids
     };
-    for dispatch_id in active {
-        let Some(mut d) = load_dispatch(tx, &dispatch_id)? else { continue };
-        if d.status != DispatchStatus::Active {
+    for dispatch_id in dispatch_ids {
+        let Some(mut s) = b.load_state(&dispatch_id)? else { continue };
+        if s.status != DispatchStatus::Active {
             continue;
         }
-        unqueue(tx, &d)?;
-        d.calls.push(Call {
+        b.unqueue(&dispatch_id, &s)?;
+        s.calls.push(Call {
             started_ms: now_ms,
             finished_ms: now_ms,
             error_message: Some("Webhook was removed.".into()),
             response_status: None,
             response_body: None,
         });
-        d.status = DispatchStatus::Failed;
-        d.next_due_ms = None;
-        d.finished_ms = Some(now_ms);
-        save_dispatch(tx, &d)?;
+        s.status = DispatchStatus::Failed;
+        s.next_due_ms = None;
+        s.finished_ms = Some(now_ms);
+        b.save_state(&dispatch_id, &s)?;
     }
     if let Some(key) = &w.idempotency_key {
         // The key is free again: Apify dedupes only against the user's existing webhooks.
-        tx.open_table(WEBHOOK_IDEM)
-            .map_err(storage)?
-            .remove((user_id, key.as_str()))
-            .map_err(storage)?;
+        b.webhook_idem.remove((user_id, key.as_str())).map_err(storage)?;
     }
     Ok(Ok(()))
-}
-
-fn load_dispatch(tx: &WriteTransaction, id: &str) -> Result<Option<Dispatch>, StoreError> {
-    let created =
-        tx.open_table(DISPATCH_IDS).map_err(storage)?.get(id).map_err(storage)?.map(|v| v.value());
-    let Some(created) = created else { return Ok(None) };
-    let table = tx.open_table(DISPATCHES).map_err(storage)?;
-    let got = table.get((created, id)).map_err(storage)?;
-    got.map(|b| records::decode_dispatch(b.value())).transpose()
-}
-
-/// Stores a dispatch record (its id locator is written once, when it is created).
-fn save_dispatch(tx: &WriteTransaction, d: &Dispatch) -> Result<(), StoreError> {
-    let bytes = records::encode_dispatch(d)?;
-    tx.open_table(DISPATCHES)
-        .map_err(storage)?
-        .insert((d.created_ms, d.id.as_str()), bytes.as_slice())
-        .map_err(storage)?;
-    Ok(())
-}
-
-/// Removes the dispatch's outbox key (it has one exactly while ACTIVE).
-fn unqueue(tx: &WriteTransaction, d: &Dispatch) -> Result<(), StoreError> {
-    if let Some(due) = d.next_due_ms {
-        let target = d.target_key();
-        tx.open_table(OUTBOX)
-            .map_err(storage)?
-            .remove((target.as_str(), due, d.id.as_str()))
-            .map_err(storage)?;
-    }
-    Ok(())
-}
-
-fn enqueue(tx: &WriteTransaction, d: &Dispatch, due: u64) -> Result<(), StoreError> {
-    let target = d.target_key();
-    tx.open_table(OUTBOX)
-        .map_err(storage)?
-        .insert((target.as_str(), due, d.id.as_str()), d.created_ms)
-        .map_err(storage)?;
-    Ok(())
-}
-
-fn load_stats(tx: &WriteTransaction, webhook_id: &str) -> Result<StatsState, StoreError> {
-    let table = tx.open_table(WEBHOOK_STATS).map_err(storage)?;
-    let got = table.get(webhook_id).map_err(storage)?;
-    Ok(match got {
-        Some(b) => records::decode_stats(b.value())?,
-        None => StatsState { stats: WebhookStats::default(), last_id: None },
-    })
-}
-
-fn save_stats(tx: &WriteTransaction, webhook_id: &str, s: &StatsState) -> Result<(), StoreError> {
-    let bytes = records::encode_stats(s)?;
-    tx.open_table(WEBHOOK_STATS)
-        .map_err(storage)?
-        .insert(webhook_id, bytes.as_slice())
-        .map_err(storage)?;
-    Ok(())
-}
-
-/// Keeps `lastDispatch` in step when the webhook's latest dispatch changes status.
-fn follow_last_dispatch(tx: &WriteTransaction, d: &Dispatch) -> Result<(), StoreError> {
-    if tx
-        .open_table(WEBHOOKS)
-        .map_err(storage)?
-        .get(d.webhook_id.as_str())
-        .map_err(storage)?
-        .is_none()
-    {
-        return Ok(());
-    }
-    let mut s = load_stats(tx, &d.webhook_id)?;
-    if s.last_id.as_deref() == Some(d.id.as_str()) {
-        s.stats.last_dispatch = Some(LastDispatch { status: d.status, finished_ms: d.finished_ms });
-        save_stats(tx, &d.webhook_id, &s)?;
-    }
-    Ok(())
 }
 
 fn job_status(object_json: &str) -> Option<String> {
@@ -435,83 +474,64 @@ fn job_status(object_json: &str) -> Option<String> {
 }
 
 fn ingest(
-    tx: &WriteTransaction,
-    events: Vec<NewEvent>,
+    b: &mut Batch<'_>,
+    events: Vec<EncodedEvent>,
     job: Option<&JobReport>,
-    outbox_grew: &mut bool,
 ) -> OpResult<Vec<EventAnswer>> {
     if let Some(job) = job {
         let key = (job.user_id.as_str(), job_code(job.kind), job.id.as_str());
-        let current = {
-            let jobs = tx.open_table(JOBS).map_err(storage)?;
-            let got = jobs.get(key).map_err(storage)?;
-            got.map(|b| String::from_utf8_lossy(b.value()).into_owned())
-        };
+        let current = b
+            .jobs
+            .get(key)
+            .map_err(storage)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
         if current.as_deref().and_then(job_status) != job.expected_status {
             return Ok(Err(StoreError::Conflict));
         }
-        tx.open_table(JOBS)
-            .map_err(storage)?
-            .insert(key, job.object_json.as_bytes())
-            .map_err(storage)?;
+        b.jobs.insert(key, job.object_json.as_bytes()).map_err(storage)?;
     }
     let mut answers = Vec::with_capacity(events.len());
-    for event in events {
+    for EncodedEvent { event, dispatches } in events {
         if let Some(key) = &event.idempotency_key {
-            let idem = tx.open_table(EVENT_IDEM).map_err(storage)?;
-            let first = idem.get((event.user_id.as_str(), key.as_str())).map_err(storage)?;
-            if let Some(b) = first {
-                let a: EventAnswer = serde_json::from_slice(b.value())
+            let first =
+                b.event_idem.get((event.user_id.as_str(), key.as_str())).map_err(storage)?;
+            if let Some(v) = first {
+                let a: EventAnswer = serde_json::from_slice(v.value())
                     .map_err(|e| StoreError::Corrupt(format!("event answer: {e}")))?;
                 answers.push(a);
                 continue;
             }
         }
-        let mut ids = Vec::with_capacity(event.dispatches.len());
-        for d in event.dispatches {
+        let mut ids = Vec::with_capacity(dispatches.len());
+        for (d, encoded) in event.dispatches.iter().zip(&dispatches) {
             // Deleted since it was matched: the event no longer reaches it. (It is the user's:
             // it was matched through the user's own index, and ids are never reused.)
-            let exists = tx
-                .open_table(WEBHOOKS)
-                .map_err(storage)?
-                .get(d.webhook_id.as_str())
-                .map_err(storage)?
-                .is_some();
-            if !exists {
+            if !b.webhook_exists(&d.webhook_id)? {
                 continue;
             }
-            if d.is_ad_hoc && d.event_type != EventType::Test {
-                let mut fired = tx.open_table(WEBHOOK_FIRED).map_err(storage)?;
-                if fired.insert(d.webhook_id.as_str(), ()).map_err(storage)?.is_some() {
-                    continue; // an ad-hoc webhook fires once
-                }
+            if d.is_ad_hoc
+                && d.event_type != EventType::Test
+                && b.webhook_fired.insert(d.webhook_id.as_str(), ()).map_err(storage)?.is_some()
+            {
+                continue; // an ad-hoc webhook fires once
             }
-            save_dispatch(tx, &d)?;
-            tx.open_table(DISPATCH_IDS)
-                .map_err(storage)?
-                .insert(d.id.as_str(), d.created_ms)
-                .map_err(storage)?;
-            tx.open_table(DISPATCHES_BY_USER)
-                .map_err(storage)?
-                .insert((d.user_id.as_str(), d.created_ms, d.id.as_str()), ())
-                .map_err(storage)?;
-            tx.open_table(DISPATCHES_BY_WEBHOOK)
-                .map_err(storage)?
-                .insert((d.webhook_id.as_str(), d.created_ms, d.id.as_str()), ())
-                .map_err(storage)?;
+            let id = d.id.as_str();
+            b.dispatches.insert(id, encoded.request.as_slice()).map_err(storage)?;
+            b.dispatch_states.insert(id, encoded.state.as_slice()).map_err(storage)?;
+            b.dispatches_by_user.insert((d.user_id.as_str(), id), ()).map_err(storage)?;
+            b.dispatches_by_webhook.insert((d.webhook_id.as_str(), id), ()).map_err(storage)?;
             if d.status == DispatchStatus::Active
                 && let Some(due) = d.next_due_ms
             {
-                enqueue(tx, &d, due)?;
-                *outbox_grew = true;
+                b.enqueue(id, &encoded.target, due)?;
             }
-            let mut s = load_stats(tx, &d.webhook_id)?;
+            let (s, changed) = b.stats(&d.webhook_id)?;
             s.stats.total_dispatches += 1;
             s.stats.last_dispatch =
                 Some(LastDispatch { status: d.status, finished_ms: d.finished_ms });
             s.last_id = Some(d.id.clone());
-            save_stats(tx, &d.webhook_id, &s)?;
-            ids.push(d.id);
+            *changed = true;
+            ids.push(d.id.clone());
         }
         let a = EventAnswer {
             id: event.id.clone(),
@@ -524,15 +544,13 @@ fn ingest(
             let ids = serde_json::to_string(&a.dispatch_ids)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let stored = format!("\u{1}{{\"dispatchIds\":{ids},\"event\":{record}}}");
-            tx.open_table(EVENTS)
-                .map_err(storage)?
+            b.events
                 .insert((event.created_ms, event.id.as_str()), stored.as_bytes())
                 .map_err(storage)?;
         }
         if let Some(key) = &event.idempotency_key {
             let bytes = serde_json::to_vec(&a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            tx.open_table(EVENT_IDEM)
-                .map_err(storage)?
+            b.event_idem
                 .insert((event.user_id.as_str(), key.as_str()), bytes.as_slice())
                 .map_err(storage)?;
         }
@@ -542,37 +560,35 @@ fn ingest(
 }
 
 fn record_call(
-    tx: &WriteTransaction,
+    b: &mut Batch<'_>,
     dispatch_id: &str,
     call: Call,
     decision: Decision,
-    outbox_grew: &mut bool,
 ) -> OpResult<()> {
-    let Some(mut d) = load_dispatch(tx, dispatch_id)? else { return Ok(Ok(())) };
+    let Some(mut s) = b.load_state(dispatch_id)? else { return Ok(Ok(())) };
     let finished_ms = call.finished_ms;
-    d.calls.push(call);
+    s.calls.push(call);
     // A dispatch that ended while its call was in flight (its webhook was deleted) keeps
     // its end: the call is recorded, nothing is scheduled.
-    if d.status == DispatchStatus::Active {
-        unqueue(tx, &d)?;
+    if s.status == DispatchStatus::Active {
+        b.unqueue(dispatch_id, &s)?;
         match decision {
             Decision::RetryAt(due) => {
-                d.next_due_ms = Some(due);
-                enqueue(tx, &d, due)?;
-                *outbox_grew = true;
+                s.next_due_ms = Some(due);
+                b.enqueue(dispatch_id, &s.target.clone(), due)?;
             }
             Decision::Succeeded | Decision::Failed => {
-                d.status = if decision == Decision::Succeeded {
+                s.status = if decision == Decision::Succeeded {
                     DispatchStatus::Succeeded
                 } else {
                     DispatchStatus::Failed
                 };
-                d.next_due_ms = None;
-                d.finished_ms = Some(finished_ms);
+                s.next_due_ms = None;
+                s.finished_ms = Some(finished_ms);
             }
         }
     }
-    save_dispatch(tx, &d)?;
-    follow_last_dispatch(tx, &d)?;
+    b.save_state(dispatch_id, &s)?;
+    b.follow_last_dispatch(dispatch_id, &s)?;
     Ok(Ok(()))
 }
