@@ -167,8 +167,8 @@ async fn prepare(
     user: &User,
     events: Vec<Incoming>,
 ) -> Result<Vec<NewEvent>, ApiError> {
-    let keys = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
-    let matches = state.store.match_webhooks(user.id.clone(), keys).await?;
+    let keys: Vec<_> = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
+    let matches = state.store.match_webhooks(&user.id, &keys);
     let now_ms = crate::sys::now_ms();
     let mut out = Vec::with_capacity(events.len());
     for (e, webhooks) in events.into_iter().zip(matches) {

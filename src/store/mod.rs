@@ -3,6 +3,7 @@
 //! only after its group's commit. `redb` is named only under this folder.
 
 mod error;
+mod index;
 mod records;
 mod schema;
 mod writer;
@@ -17,6 +18,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 pub use error::StoreError;
 use error::storage;
 use error::storage as storage_error;
+use index::MatchIndex;
 use schema::*;
 use writer::WriteOp;
 pub use writer::WriterHandle;
@@ -244,6 +246,7 @@ pub struct Store {
     writes: mpsc::Sender<WriteOp>,
     fatal: Arc<Fatal>,
     outbox_changed: Arc<Notify>,
+    index: Arc<MatchIndex>,
 }
 
 impl Store {
@@ -273,6 +276,7 @@ impl Store {
             Storage::Backend(b) => builder.create_with_backend(Boxed(b)).map_err(storage_error)?,
         };
         init_schema(&db)?;
+        let index = Arc::new(load_index(&db)?);
         let db = Arc::new(db);
         let fatal = Arc::new(Fatal::default());
         let outbox_changed = Arc::new(Notify::new());
@@ -284,8 +288,9 @@ impl Store {
             limits.write_batch_max,
             fatal.clone(),
             outbox_changed.clone(),
+            index.clone(),
         )?;
-        Ok((Store { db, writes: tx, fatal, outbox_changed }, handle))
+        Ok((Store { db, writes: tx, fatal, outbox_changed, index }, handle))
     }
 
     /// Notified after every commit that added outbox keys.
@@ -378,57 +383,14 @@ impl Store {
         self.write(|reply| WriteOp::RecordCall { dispatch_id, call, decision, reply }).await
     }
 
-    /// For each (event type, data), the user's webhooks it fires, through the condition index:
-    /// at most three range reads per event, whatever the number of webhooks stored.
-    pub async fn match_webhooks(
+    /// For each (event type, data), the user's webhooks it fires, oldest first: from memory
+    /// (index.rs), with no read transaction.
+    pub fn match_webhooks(
         &self,
-        user_id: String,
-        events: Vec<(EventType, EventData)>,
-    ) -> Result<Vec<Vec<Webhook>>, StoreError> {
-        self.read(move |rtx| {
-            let index = rtx.open_table(WEBHOOK_MATCH).map_err(storage)?;
-            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
-            let fired = rtx.open_table(WEBHOOK_FIRED).map_err(storage)?;
-            let mut cache: HashMap<String, Option<Webhook>> = HashMap::new();
-            let mut out = Vec::with_capacity(events.len());
-            for (event_type, data) in &events {
-                let mut matched: Vec<Webhook> = Vec::new();
-                for (kind, value) in data.match_keys() {
-                    let code = kind_code(kind);
-                    let lo = (user_id.as_str(), code, value, 0u64, "");
-                    let hi = (user_id.as_str(), code, value, u64::MAX, ID_MAX);
-                    for entry in index.range(lo..=hi).map_err(storage)? {
-                        let (k, _) = entry.map_err(storage)?;
-                        let id = k.value().4.to_string();
-                        if matched.iter().any(|w| w.id == id) {
-                            continue;
-                        }
-                        if !cache.contains_key(&id) {
-                            let w = match webhooks.get(id.as_str()).map_err(storage)? {
-                                Some(b) => Some(records::decode_webhook(b.value())?),
-                                None => None,
-                            };
-                            let spent = match &w {
-                                Some(w) if w.is_ad_hoc => {
-                                    fired.get(w.id.as_str()).map_err(storage)?.is_some()
-                                }
-                                _ => false,
-                            };
-                            cache.insert(id.clone(), w.filter(|_| !spent));
-                        }
-                        if let Some(Some(w)) = cache.get(&id)
-                            && w.matches(*event_type, data)
-                        {
-                            matched.push(w.clone());
-                        }
-                    }
-                }
-                matched.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-                out.push(matched);
-            }
-            Ok(out)
-        })
-        .await
+        user_id: &str,
+        events: &[(EventType, EventData)],
+    ) -> Vec<Vec<Arc<Webhook>>> {
+        self.index.matches(user_id, events)
     }
 
     pub async fn get_dispatch(
@@ -728,6 +690,25 @@ fn read_webhook(
         None => WebhookStats::default(),
     };
     Ok(Some((w, s)))
+}
+
+/// Every webhook that can still fire, for the match index.
+fn load_index(db: &Database) -> Result<MatchIndex, StoreError> {
+    let rtx = db.begin_read().map_err(storage)?;
+    let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
+    let fired = rtx.open_table(WEBHOOK_FIRED).map_err(storage)?;
+    let mut changes = Vec::new();
+    for entry in webhooks.iter().map_err(storage)? {
+        let (_, v) = entry.map_err(storage)?;
+        let w = records::decode_webhook(v.value())?;
+        if w.is_ad_hoc && fired.get(w.id.as_str()).map_err(storage)?.is_some() {
+            continue;
+        }
+        changes.push(index::IndexChange::Add(Arc::new(w)));
+    }
+    let index = MatchIndex::default();
+    index.apply(changes);
+    Ok(index)
 }
 
 fn init_schema(db: &Database) -> Result<(), StoreError> {

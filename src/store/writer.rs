@@ -11,6 +11,7 @@ use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::storage;
+use super::index::{IndexChange, MatchIndex};
 use super::records::{DispatchState, StatsState};
 use super::schema::*;
 use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError, records};
@@ -101,10 +102,11 @@ pub(crate) fn spawn(
     batch_max: usize,
     fatal: Arc<Fatal>,
     outbox_changed: Arc<tokio::sync::Notify>,
+    index: Arc<MatchIndex>,
 ) -> Result<WriterHandle, StoreError> {
     let thread = std::thread::Builder::new()
         .name("hookd-writer".into())
-        .spawn(move || run(&db, rx, batch_max.max(1), &fatal, &outbox_changed))
+        .spawn(move || run(&db, rx, batch_max.max(1), &fatal, &outbox_changed, &index))
         .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
     Ok(WriterHandle { thread: Some(thread), writes })
 }
@@ -115,6 +117,7 @@ fn run(
     batch_max: usize,
     fatal: &Fatal,
     outbox_changed: &tokio::sync::Notify,
+    index: &MatchIndex,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_max);
     // Ends on Close, when every sender is gone, or at the first storage error.
@@ -127,7 +130,7 @@ fn run(
             }
         }
         let closing = batch.iter().any(|op| matches!(op, WriteOp::Close));
-        match commit_batch(db, &mut batch, fatal) {
+        match commit_batch(db, &mut batch, fatal, index) {
             Ok(true) => outbox_changed.notify_one(),
             Ok(false) => {}
             Err(e) => {
@@ -163,6 +166,8 @@ struct Batch<'t> {
     /// Stats read or changed in this group: webhook id -> (stats, changed).
     stats: HashMap<String, (StatsState, bool)>,
     outbox_grew: bool,
+    /// Match-index changes, applied once the group is committed.
+    index_changes: Vec<IndexChange>,
 }
 
 impl<'t> Batch<'t> {
@@ -185,6 +190,7 @@ impl<'t> Batch<'t> {
             jobs: tx.open_table(JOBS).map_err(storage)?,
             stats: HashMap::new(),
             outbox_grew: false,
+            index_changes: Vec::new(),
         })
     }
 
@@ -285,9 +291,11 @@ fn commit_batch(
     db: &Database,
     batch: &mut Vec<WriteOp>,
     fatal: &Fatal,
+    index: &MatchIndex,
 ) -> Result<bool, StoreError> {
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut outbox_grew = false;
+    let mut index_changes = Vec::new();
     let mut ops = batch.drain(..);
     let result = (|| {
         let mut tx = db.begin_write().map_err(storage)?;
@@ -306,9 +314,14 @@ fn commit_batch(
             }
             b.flush_stats()?;
             outbox_grew = b.outbox_grew;
+            index_changes = std::mem::take(&mut b.index_changes);
         }
         tx.commit().map_err(storage)
     })();
+    if result.is_ok() {
+        // Before any answer: an acknowledged create matches every event sent after it.
+        index.apply(index_changes);
+    }
     if let Err(e) = &result {
         // Ops the failed transaction never reached are failed the same way.
         answers.extend(ops.filter_map(reject));
@@ -395,6 +408,7 @@ fn create(b: &mut Batch<'_>, w: Webhook) -> OpResult<Created> {
         .insert((w.user_id.as_str(), w.created_ms, w.id.as_str()), ())
         .map_err(storage)?;
     b.index_condition(&w, true)?;
+    b.index_changes.push(IndexChange::Add(Arc::new(w.clone())));
     Ok(Ok(Created { webhook: w, stats: WebhookStats::default(), replayed: false }))
 }
 
@@ -419,6 +433,11 @@ fn update(
     }
     let bytes = records::encode_webhook(&new)?;
     b.webhooks.insert(id, bytes.as_slice()).map_err(storage)?;
+    b.index_changes.push(remove_from_index(&old));
+    // A fired ad-hoc webhook stays out of the index: it never fires again.
+    if !(new.is_ad_hoc && b.webhook_fired.get(id).map_err(storage)?.is_some()) {
+        b.index_changes.push(IndexChange::Add(Arc::new(new.clone())));
+    }
     Ok(Ok((new, stats)))
 }
 
@@ -432,6 +451,7 @@ fn delete(b: &mut Batch<'_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<(
     b.stats.remove(id);
     b.webhooks_by_user.remove((user_id, w.created_ms, id)).map_err(storage)?;
     b.index_condition(&w, false)?;
+    b.index_changes.push(remove_from_index(&w));
     b.webhook_fired.remove(id).map_err(storage)?;
     // Its dispatches stay readable; the ACTIVE ones end now.
     let dispatch_ids: Vec<String> = {
@@ -466,6 +486,14 @@ fn delete(b: &mut Batch<'_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<(
         b.webhook_idem.remove((user_id, key.as_str())).map_err(storage)?;
     }
     Ok(Ok(()))
+}
+
+fn remove_from_index(w: &Webhook) -> IndexChange {
+    IndexChange::Remove {
+        user_id: w.user_id.clone(),
+        condition: w.condition.clone(),
+        id: w.id.clone(),
+    }
 }
 
 fn job_status(object_json: &str) -> Option<String> {
@@ -509,11 +537,14 @@ fn ingest(
             if !b.webhook_exists(&d.webhook_id)? {
                 continue;
             }
-            if d.is_ad_hoc
-                && d.event_type != EventType::Test
-                && b.webhook_fired.insert(d.webhook_id.as_str(), ()).map_err(storage)?.is_some()
-            {
-                continue; // an ad-hoc webhook fires once
+            if d.is_ad_hoc && d.event_type != EventType::Test {
+                if b.webhook_fired.insert(d.webhook_id.as_str(), ()).map_err(storage)?.is_some() {
+                    continue; // an ad-hoc webhook fires once
+                }
+                // Under its condition as stored now (an update may have moved it since).
+                if let Some((w, _)) = b.load(&d.webhook_id)? {
+                    b.index_changes.push(remove_from_index(&w));
+                }
             }
             let id = d.id.as_str();
             b.dispatches.insert(id, encoded.request.as_slice()).map_err(storage)?;
