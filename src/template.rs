@@ -82,6 +82,18 @@ enum Body {
 pub struct Template {
     body: Body,
     interpolate_strings: bool,
+    /// The compact output written directly, when that gives the same bytes as rendering,
+    /// parsing and re-serialising (see `direct_form`).
+    direct: Option<Direct>,
+}
+
+/// A template whose compact output can be written without building a `Value`.
+#[derive(Clone, Debug, PartialEq)]
+enum Direct {
+    /// Plain JSON: the output never changes.
+    Static(String),
+    /// Minified text around raw variables: each variable's compact JSON goes where `null` was.
+    Raw(Vec<Segment>),
 }
 
 fn check_variable(name: &str) -> Result<(), TemplateError> {
@@ -127,7 +139,8 @@ impl Template {
         if interpolate_strings {
             check_string_variables(&skeleton)?;
         }
-        Ok((Template { body, interpolate_strings }, skeleton))
+        let direct = direct_form(&body, interpolate_strings, &skeleton);
+        Ok((Template { body, interpolate_strings, direct }, skeleton))
     }
 
     /// Parses a headers template: like [`Template::parse`], and it must be a JSON object whose
@@ -188,8 +201,30 @@ impl Template {
         ctx: &Context,
         output_bytes_max: usize,
     ) -> Result<String, TemplateError> {
-        let v = self.render(ctx, output_bytes_max)?;
-        let s = v.to_string();
+        let s = match &self.direct {
+            Some(Direct::Static(text)) => text.clone(),
+            Some(Direct::Raw(segments)) => {
+                let mut out = String::with_capacity(256);
+                for s in segments {
+                    match s {
+                        Segment::Text(t) => out.push_str(t),
+                        Segment::Var(name) => {
+                            let r = resolve(ctx, name);
+                            if r.is_truthy() {
+                                r.write_json(&mut out);
+                            } else {
+                                out.push_str("null");
+                            }
+                        }
+                    }
+                    if out.len() > output_bytes_max {
+                        return Err(TemplateError::TooLarge(output_bytes_max));
+                    }
+                }
+                out
+            }
+            None => self.render(ctx, output_bytes_max)?.to_string(),
+        };
         if s.len() > output_bytes_max {
             return Err(TemplateError::TooLarge(output_bytes_max));
         }
@@ -215,6 +250,65 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// The direct form of a template without string interpolation, if it gives exactly the bytes
+/// of the slow path (render the text, parse it, serialise it compactly). The text around the
+/// variables is minified; that is exact when the skeleton (every variable read as `null`)
+/// serialises to the minified text with `null` for each variable: then no key repeats, every
+/// number and string is already in canonical form, and each variable sits where one value
+/// goes, so its compact JSON takes the place of its `null`.
+fn direct_form(body: &Body, interpolate_strings: bool, skeleton: &Value) -> Option<Direct> {
+    if interpolate_strings {
+        return None;
+    }
+    let canonical = skeleton.to_string();
+    match body {
+        Body::Static(_) => Some(Direct::Static(canonical)),
+        Body::Raw(segments) => {
+            let minified: Vec<Segment> = segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Text(t) => Segment::Text(minify(t)),
+                    Segment::Var(n) => Segment::Var(n.clone()),
+                })
+                .collect();
+            let mut with_nulls = String::with_capacity(canonical.len());
+            for s in &minified {
+                match s {
+                    Segment::Text(t) => with_nulls.push_str(t),
+                    Segment::Var(_) => with_nulls.push_str("null"),
+                }
+            }
+            (with_nulls == canonical).then_some(Direct::Raw(minified))
+        }
+    }
+}
+
+/// `text` without JSON whitespace outside strings. A text segment starts outside a string:
+/// variables in raw position are outside strings.
+fn minify(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// RFC 9110 token characters.
@@ -371,10 +465,23 @@ impl Resolved<'_> {
     }
 
     fn to_json(&self) -> String {
+        let mut out = String::new();
+        self.write_json(&mut out);
+        out
+    }
+
+    fn write_json(&self, out: &mut String) {
         match self {
-            Resolved::Undefined | Resolved::Null => "null".into(),
-            Resolved::Length(n) => n.to_string(),
-            Resolved::Value(v) => v.to_string(),
+            Resolved::Undefined | Resolved::Null => out.push_str("null"),
+            Resolved::Length(n) => out.push_str(&n.to_string()),
+            Resolved::Value(v) => {
+                // Serialising into a String cannot fail; an error would leave `out` as it was.
+                let mut bytes = std::mem::take(out).into_bytes();
+                if serde_json::to_writer(&mut bytes, v).is_err() {
+                    bytes.extend_from_slice(b"null");
+                }
+                *out = String::from_utf8(bytes).unwrap_or_default();
+            }
         }
     }
 

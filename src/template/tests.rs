@@ -263,3 +263,43 @@ proptest! {
         }
     }
 }
+
+/// The slow path: render, then serialise the value (what `render_to_string` did before the
+/// direct form existed).
+fn slow(t: &Template, c: &Context) -> Result<String, TemplateError> {
+    t.render(c, MAX).map(|v| v.to_string())
+}
+
+#[test]
+fn direct_form_is_used_for_the_default_template_and_matches_the_slow_path() {
+    let t = Template::parse(crate::model::DEFAULT_PAYLOAD_TEMPLATE, false).expect("parses");
+    assert!(matches!(t.direct, Some(Direct::Raw(_))));
+    assert_eq!(t.render_to_string(&ctx(), MAX), slow(&t, &ctx()));
+    // Repeated keys and non-canonical numbers or escapes take the slow path.
+    for text in [
+        "{\"a\": {{resource}}, \"a\": 1}",
+        "{\"a\": 1e2, \"b\": {{resource}}}",
+        "{\"a\": \"\\u0041\", \"b\": {{resource}}}",
+    ] {
+        let t = Template::parse(text, false).expect("parses");
+        assert!(t.direct.is_none(), "{text}");
+        assert_eq!(t.render_to_string(&ctx(), MAX), slow(&t, &ctx()), "{text}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn direct_form_gives_the_bytes_of_the_slow_path(
+        text in "([{}\\[\\]\":,. a-z0-9\\\\]|\\{\\{|\\}\\}|userId|resource|eventData|  |\n|1\\.0|\\\\u0041){0,40}",
+        resource in json_value(),
+        path in "[a-z0-9.]{0,8}",
+    ) {
+        let c = Context::new("u", 0, "1970-01-01T00:00:00.000Z", "TEST", Value::Null, resource);
+        let with_path = format!("{{\"p\": {{{{resource.{path}}}}}, \"q\": [ {{{{resource}}}} , 1 ]}}");
+        for t in [text.as_str(), with_path.as_str()] {
+            if let Ok(t) = Template::parse(t, false) {
+                prop_assert_eq!(t.render_to_string(&c, MAX), slow(&t, &c));
+            }
+        }
+    }
+}
