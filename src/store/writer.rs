@@ -163,8 +163,9 @@ struct Batch<'t> {
     dispatches_by_webhook: Table<'t, (&'static str, &'static str), ()>,
     outbox: Table<'t, (&'static str, u64, &'static str), ()>,
     jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
-    /// Stats read or changed in this group: webhook id -> (stats, changed).
-    stats: HashMap<String, (StatsState, bool)>,
+    /// Stats read or changed in this group: webhook id -> (stats, changed), `None` for a
+    /// webhook that does not exist.
+    stats: HashMap<String, Option<(StatsState, bool)>>,
     outbox_grew: bool,
     /// Match-index changes, applied once the group is committed.
     index_changes: Vec<IndexChange>,
@@ -194,23 +195,25 @@ impl<'t> Batch<'t> {
         })
     }
 
-    /// The webhook's stats as this group sees them.
-    fn stats(&mut self, webhook_id: &str) -> Result<&mut (StatsState, bool), StoreError> {
+    /// The webhook's stats as this group sees them; `None` if the webhook does not exist. Every
+    /// webhook has a stats record from its create to its delete, so this one small lookup also
+    /// answers "does it still exist" on the ingest path, without reading the webhook.
+    fn stats(&mut self, webhook_id: &str) -> Result<Option<&mut (StatsState, bool)>, StoreError> {
         if !self.stats.contains_key(webhook_id) {
             let got = self.webhook_stats.get(webhook_id).map_err(storage)?;
             let s = match got {
-                Some(b) => records::decode_stats(b.value())?,
-                None => StatsState { stats: WebhookStats::default(), last_id: None },
+                Some(b) => Some((records::decode_stats(b.value())?, false)),
+                None => None,
             };
-            self.stats.insert(webhook_id.to_string(), (s, false));
+            self.stats.insert(webhook_id.to_string(), s);
         }
-        self.stats.get_mut(webhook_id).ok_or_else(|| StoreError::Corrupt("stats cache".into()))
+        Ok(self.stats.get_mut(webhook_id).and_then(Option::as_mut))
     }
 
-    /// Writes the changed stats of webhooks that still exist.
+    /// Writes the changed stats (a deleted webhook's entry is `None`).
     fn flush_stats(&mut self) -> Result<(), StoreError> {
-        for (id, (s, changed)) in std::mem::take(&mut self.stats) {
-            if changed && self.webhooks.get(id.as_str()).map_err(storage)?.is_some() {
+        for (id, entry) in std::mem::take(&mut self.stats) {
+            if let Some((s, true)) = entry {
                 let bytes = records::encode_stats(&s)?;
                 self.webhook_stats.insert(id.as_str(), bytes.as_slice()).map_err(storage)?;
             }
@@ -224,12 +227,8 @@ impl<'t> Batch<'t> {
         };
         let w = records::decode_webhook(bytes.value())?;
         drop(bytes);
-        let s = self.stats(id)?.0.stats.clone();
+        let s = self.stats(id)?.map(|(s, _)| s.stats.clone()).unwrap_or_default();
         Ok(Some((w, s)))
-    }
-
-    fn webhook_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.webhooks.get(id).map_err(storage)?.is_some())
     }
 
     fn load_state(&self, dispatch_id: &str) -> Result<Option<DispatchState>, StoreError> {
@@ -259,10 +258,7 @@ impl<'t> Batch<'t> {
 
     /// Keeps `lastDispatch` in step when the webhook's latest dispatch changes status.
     fn follow_last_dispatch(&mut self, id: &str, s: &DispatchState) -> Result<(), StoreError> {
-        if !self.webhook_exists(&s.webhook_id)? {
-            return Ok(());
-        }
-        let (stats, changed) = self.stats(&s.webhook_id)?;
+        let Some((stats, changed)) = self.stats(&s.webhook_id)? else { return Ok(()) };
         if stats.last_id.as_deref() == Some(id) {
             stats.stats.last_dispatch =
                 Some(LastDispatch { status: s.status, finished_ms: s.finished_ms });
@@ -409,6 +405,8 @@ fn create(b: &mut Batch<'_>, w: Webhook) -> OpResult<Created> {
         .map_err(storage)?;
     b.index_condition(&w, true)?;
     b.index_changes.push(IndexChange::Add(Arc::new(w.clone())));
+    let fresh = StatsState { stats: WebhookStats::default(), last_id: None };
+    b.stats.insert(w.id.clone(), Some((fresh, true)));
     Ok(Ok(Created { webhook: w, stats: WebhookStats::default(), replayed: false }))
 }
 
@@ -448,7 +446,7 @@ fn delete(b: &mut Batch<'_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<(
     }
     b.webhooks.remove(id).map_err(storage)?;
     b.webhook_stats.remove(id).map_err(storage)?;
-    b.stats.remove(id);
+    b.stats.insert(id.to_string(), None);
     b.webhooks_by_user.remove((user_id, w.created_ms, id)).map_err(storage)?;
     b.index_condition(&w, false)?;
     b.index_changes.push(remove_from_index(&w));
@@ -534,7 +532,7 @@ fn ingest(
         for (d, encoded) in event.dispatches.iter().zip(&dispatches) {
             // Deleted since it was matched: the event no longer reaches it. (It is the user's:
             // it was matched through the user's own index, and ids are never reused.)
-            if !b.webhook_exists(&d.webhook_id)? {
+            if b.stats(&d.webhook_id)?.is_none() {
                 continue;
             }
             if d.is_ad_hoc && d.event_type != EventType::Test {
@@ -556,7 +554,7 @@ fn ingest(
             {
                 b.enqueue(id, &encoded.target, due)?;
             }
-            let (s, changed) = b.stats(&d.webhook_id)?;
+            let Some((s, changed)) = b.stats(&d.webhook_id)? else { continue };
             s.stats.total_dispatches += 1;
             s.stats.last_dispatch =
                 Some(LastDispatch { status: d.status, finished_ms: d.finished_ms });
