@@ -29,8 +29,10 @@ const READ_ERROR_BACKOFF_MS: u64 = 100;
 
 /// What is in flight, and the choice of what to call next.
 pub struct Scheduler {
-    in_flight: HashSet<String>,
-    per_target: HashMap<String, usize>,
+    // Shared with the store's read for the length of a pass (no copy); changed only between
+    // passes, when this is the only reference, so `make_mut` never copies either.
+    in_flight: Arc<HashSet<String>>,
+    per_target: Arc<HashMap<String, usize>>,
     start_after: Option<String>,
     inflight_max: usize,
     per_target_inflight_max: usize,
@@ -45,8 +47,8 @@ pub struct Pass {
 impl Scheduler {
     pub fn new(inflight_max: usize, per_target_inflight_max: usize) -> Scheduler {
         Scheduler {
-            in_flight: HashSet::new(),
-            per_target: HashMap::new(),
+            in_flight: Arc::new(HashSet::new()),
+            per_target: Arc::new(HashMap::new()),
             start_after: None,
             inflight_max,
             per_target_inflight_max,
@@ -72,20 +74,23 @@ impl Scheduler {
         if let Some((target, _)) = due.dispatches.last() {
             self.start_after = Some(target.clone());
         }
+        let in_flight = Arc::make_mut(&mut self.in_flight);
+        let per_target = Arc::make_mut(&mut self.per_target);
         for (target, d) in &due.dispatches {
-            self.in_flight.insert(d.id.clone());
-            *self.per_target.entry(target.clone()).or_default() += 1;
+            in_flight.insert(d.id.clone());
+            *per_target.entry(target.clone()).or_default() += 1;
         }
         Ok(Pass { calls: due.dispatches, next_due_ms: due.next_due_ms })
     }
 
     /// A call ended and its outcome is committed (or given up): the dispatch may be taken again.
     pub fn land(&mut self, id: &str, target: &str) {
-        self.in_flight.remove(id);
-        if let Some(n) = self.per_target.get_mut(target) {
+        Arc::make_mut(&mut self.in_flight).remove(id);
+        let per_target = Arc::make_mut(&mut self.per_target);
+        if let Some(n) = per_target.get_mut(target) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_target.remove(target);
+                per_target.remove(target);
             }
         }
     }
@@ -157,6 +162,9 @@ impl Dispatcher {
                 _ = &mut shutdown => break,
                 _ = outbox_changed.notified() => {}
                 Some(done) = calls.join_next_with_id(), if !calls.is_empty() => {
+                    // Calls answered by the same group commit end together: let the others
+                    // finish too, so that one pass (one read) refills all their slots.
+                    tokio::task::yield_now().await;
                     let mut done = Some(done);
                     while let Some(result) = done {
                         // A panicked call lands too: its dispatch is simply due again.

@@ -186,10 +186,11 @@ pub enum DispatchScope {
 #[derive(Clone, Debug, Default)]
 pub struct DueRequest {
     pub now_ms: u64,
-    /// Dispatches being called now: not due again until their outcome is recorded.
-    pub in_flight: HashSet<String>,
+    /// Dispatches being called now: not due again until their outcome is recorded. Shared, not
+    /// copied: the scheduler passes its own set for the length of one read.
+    pub in_flight: Arc<HashSet<String>>,
     /// Calls in flight per target.
-    pub per_target: HashMap<String, usize>,
+    pub per_target: Arc<HashMap<String, usize>>,
     pub per_target_max: usize,
     /// At most this many dispatches in all.
     pub take_max: usize,
