@@ -197,7 +197,8 @@ fn spawn_daemon(dir: &std::path::Path) -> (Child, SocketAddr, Duration) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hookd"))
         .args(["serve", "--config"])
         .arg(dir.join("hookd.toml"))
-        .env("RUST_LOG", "warn")
+        // BENCH_RUST_LOG=hookd=debug shows e.g. how long each fold takes.
+        .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

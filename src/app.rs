@@ -58,6 +58,7 @@ pub async fn run_on(
         write_queue_max: config.limits.write_queue_max,
         write_batch_max: config.limits.write_batch_max,
         cache_bytes: config.limits.store_cache_bytes,
+        webhook_pending_max: config.limits.webhook_pending_max,
     };
     let (store, writer) = Store::open_on(storage, &store_path, store_limits)
         .with_context(|| format!("opening the store {}", store_path.display()))?;

@@ -71,6 +71,9 @@ pub struct Limits {
     pub write_batch_max: usize,
     /// Bytes of the store's own page cache (the OS caches the file as well).
     pub store_cache_bytes: usize,
+    /// New dispatches whose per-webhook stats and list entries wait (on disk, in a small
+    /// append-only table, and in memory) before one commit folds them in; see ARCHITECTURE.md.
+    pub webhook_pending_max: usize,
     /// Bytes of one rendered payload or headers template.
     pub template_output_bytes_max: usize,
     /// Parsed templates kept in memory (one entry per distinct template text).
@@ -116,6 +119,7 @@ impl Default for Config {
                 write_queue_max: 8192,
                 write_batch_max: 1000,
                 store_cache_bytes: 16 * 1024 * 1024,
+                webhook_pending_max: 32 * 1024,
                 template_output_bytes_max: 4 * 1024 * 1024,
                 template_cache_entries_max: 10_000,
                 shutdown_grace_ms: 10_000,
@@ -155,6 +159,7 @@ struct RawLimits {
     write_queue_max: Option<u64>,
     write_batch_max: Option<u64>,
     store_cache_bytes: Option<u64>,
+    webhook_pending_max: Option<u64>,
     template_output_bytes_max: Option<u64>,
     template_cache_entries_max: Option<u64>,
     shutdown_grace_ms: Option<u64>,
@@ -265,6 +270,11 @@ impl Config {
                 rl.store_cache_bytes,
                 dl.store_cache_bytes,
             )?,
+            webhook_pending_max: size(
+                "limits.webhook_pending_max",
+                rl.webhook_pending_max,
+                dl.webhook_pending_max,
+            )?,
             template_output_bytes_max: size(
                 "limits.template_output_bytes_max",
                 rl.template_output_bytes_max,
@@ -306,6 +316,7 @@ impl Config {
                 write_queue_max: Some(l.write_queue_max as u64),
                 write_batch_max: Some(l.write_batch_max as u64),
                 store_cache_bytes: Some(l.store_cache_bytes as u64),
+                webhook_pending_max: Some(l.webhook_pending_max as u64),
                 template_output_bytes_max: Some(l.template_output_bytes_max as u64),
                 template_cache_entries_max: Some(l.template_cache_entries_max as u64),
                 shutdown_grace_ms: Some(l.shutdown_grace_ms),

@@ -72,6 +72,15 @@ impl MatchIndex {
         }
     }
 
+    /// Whether the user's webhook `id` is listed under `condition` (it exists and can fire).
+    pub(crate) fn has(&self, user_id: &str, condition: &Condition, id: &str) -> bool {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let Some(user) = users.get(user_id) else { return false };
+        condition.keys().any(|(kind, value)| {
+            user.by_kind[slot(kind)].get(value).is_some_and(|list| list.iter().any(|w| w.id == id))
+        })
+    }
+
     /// For each (event type, data), the user's webhooks it fires, oldest first.
     pub fn matches(
         &self,

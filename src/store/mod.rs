@@ -4,6 +4,7 @@
 
 mod error;
 mod index;
+mod pending;
 mod records;
 mod schema;
 mod writer;
@@ -19,6 +20,7 @@ pub use error::StoreError;
 use error::storage;
 use error::storage as storage_error;
 use index::MatchIndex;
+use pending::{Pending, PendingInner};
 use schema::*;
 use writer::WriteOp;
 pub use writer::WriterHandle;
@@ -108,6 +110,8 @@ pub struct StoreLimits {
     pub write_batch_max: usize,
     /// redb's page cache; the OS caches the file too.
     pub cache_bytes: usize,
+    /// Dispatches that wait before their per-webhook stats and list entries are folded in.
+    pub webhook_pending_max: usize,
 }
 
 /// A page request, already clamped by the API.
@@ -248,6 +252,7 @@ pub struct Store {
     fatal: Arc<Fatal>,
     outbox_changed: Arc<Notify>,
     index: Arc<MatchIndex>,
+    pending: Arc<Pending>,
 }
 
 impl Store {
@@ -278,6 +283,8 @@ impl Store {
         };
         init_schema(&db)?;
         let index = Arc::new(load_index(&db)?);
+        let (pending, next_seq) = load_pending(&db)?;
+        let pending = Arc::new(pending);
         let db = Arc::new(db);
         let fatal = Arc::new(Fatal::default());
         let outbox_changed = Arc::new(Notify::new());
@@ -289,9 +296,14 @@ impl Store {
             limits.write_batch_max,
             fatal.clone(),
             outbox_changed.clone(),
-            index.clone(),
+            writer::WriterState {
+                index: index.clone(),
+                pending: pending.clone(),
+                next_seq,
+                pending_max: limits.webhook_pending_max.max(1),
+            },
         )?;
-        Ok((Store { db, writes: tx, fatal, outbox_changed, index }, handle))
+        Ok((Store { db, writes: tx, fatal, outbox_changed, index, pending }, handle))
     }
 
     /// Notified after every commit that added outbox keys.
@@ -414,20 +426,28 @@ impl Store {
         scope: DispatchScope,
         page: PageRequest,
     ) -> Result<Page<Dispatch>, StoreError> {
-        self.read(move |rtx| {
-            let table = match scope {
-                DispatchScope::User => DISPATCHES_BY_USER,
-                DispatchScope::Webhook(_) => DISPATCHES_BY_WEBHOOK,
+        self.read_with_pending(move |rtx, waiting| {
+            let (total, ids) = match &scope {
+                DispatchScope::User => {
+                    let index = rtx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
+                    let lo = (user_id.as_str(), "");
+                    let hi = (user_id.as_str(), ID_MAX);
+                    let total = index.range(lo..=hi).map_err(storage)?.count() as u64;
+                    let range = index.range(lo..=hi).map_err(storage)?;
+                    (total, page_ids(range, page, |k| k.1.to_string())?)
+                }
+                DispatchScope::Webhook(webhook_id) => {
+                    // The folded ones from the index, merged with those not yet folded.
+                    let index = rtx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
+                    let lo = (webhook_id.as_str(), "");
+                    let hi = (webhook_id.as_str(), ID_MAX);
+                    let mut tail = waiting.ids(webhook_id).to_vec();
+                    tail.sort();
+                    let folded = index.range(lo..=hi).map_err(storage)?.count() as u64;
+                    let range = index.range(lo..=hi).map_err(storage)?;
+                    (folded + tail.len() as u64, merged_page_ids(range, tail, page)?)
+                }
             };
-            let owner = match &scope {
-                DispatchScope::User => user_id.clone(),
-                DispatchScope::Webhook(id) => id.clone(),
-            };
-            let index = rtx.open_table(table).map_err(storage)?;
-            let lo = (owner.as_str(), "");
-            let hi = (owner.as_str(), ID_MAX);
-            let total = index.range(lo..=hi).map_err(storage)?.count() as u64;
-            let ids = page_ids(index.range(lo..=hi).map_err(storage)?, page, |k| k.1.to_string())?;
             let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
             let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
             let mut items = Vec::with_capacity(ids.len());
@@ -573,16 +593,32 @@ impl Store {
         .map_err(|e| StoreError::Storage(format!("read task: {e}")))?
     }
 
+    /// Like `read`, with the mirror of dispatches not yet folded, consistent with the read
+    /// transaction (pending.rs).
+    async fn read_with_pending<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction, &PendingInner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        let pending = self.pending.clone();
+        tokio::task::spawn_blocking(move || {
+            let waiting = pending.read();
+            let rtx = db.begin_read().map_err(storage)?;
+            f(&rtx, &waiting)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("read task: {e}")))?
+    }
+
     /// The user's webhook `id`; another user's webhook is `None` too.
     pub async fn get_webhook(
         &self,
         user_id: String,
         id: String,
     ) -> Result<Option<(Webhook, WebhookStats)>, StoreError> {
-        self.read(move |rtx| {
-            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
-            let stats = rtx.open_table(WEBHOOK_STATS).map_err(storage)?;
-            match read_webhook(&webhooks, &stats, &id)? {
+        self.read_with_pending(move |rtx, waiting| {
+            let tables = WebhookTables::open(rtx)?;
+            match tables.read(&id, waiting)? {
                 Some((w, s)) if w.user_id == user_id => Ok(Some((w, s))),
                 _ => Ok(None),
             }
@@ -597,9 +633,8 @@ impl Store {
         scope: WebhookScope,
         page: PageRequest,
     ) -> Result<Page<(Webhook, WebhookStats)>, StoreError> {
-        self.read(move |rtx| {
-            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
-            let stats = rtx.open_table(WEBHOOK_STATS).map_err(storage)?;
+        self.read_with_pending(move |rtx, waiting| {
+            let tables = WebhookTables::open(rtx)?;
             let ids: Vec<String>;
             let total: u64;
             match &scope {
@@ -623,7 +658,7 @@ impl Store {
             }
             let mut items = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(pair) = read_webhook(&webhooks, &stats, &id)? {
+                if let Some(pair) = tables.read(&id, waiting)? {
                     items.push(pair);
                 }
             }
@@ -677,20 +712,119 @@ fn read_dispatch(
     records::decode_dispatch(request.value(), state.value()).map(Some)
 }
 
-fn read_webhook(
-    webhooks: &impl ReadableTable<&'static str, &'static [u8]>,
-    stats: &impl ReadableTable<&'static str, &'static [u8]>,
-    id: &str,
-) -> Result<Option<(Webhook, WebhookStats)>, StoreError> {
-    let Some(bytes) = webhooks.get(id).map_err(storage)? else {
-        return Ok(None);
+/// A webhook's stats from its folded record, its dispatches not yet folded (oldest first),
+/// and the state of its latest dispatch (`lastDispatch`).
+fn webhook_stats(
+    folded: &records::StatsState,
+    waiting: &[String],
+    state_of: impl Fn(&str) -> Result<Option<records::DispatchState>, StoreError>,
+) -> Result<WebhookStats, StoreError> {
+    let last_id = waiting.last().or(folded.last_id.as_ref());
+    let last_dispatch = match last_id {
+        Some(id) => state_of(id)?
+            .map(|s| crate::model::LastDispatch { status: s.status, finished_ms: s.finished_ms }),
+        None => None,
     };
-    let w = records::decode_webhook(bytes.value())?;
-    let s = match stats.get(id).map_err(storage)? {
-        Some(b) => records::decode_stats(b.value())?.stats,
-        None => WebhookStats::default(),
-    };
-    Ok(Some((w, s)))
+    Ok(WebhookStats { total_dispatches: folded.total + waiting.len() as u64, last_dispatch })
+}
+
+/// The tables a webhook is read from.
+struct WebhookTables {
+    webhooks: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    stats: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    states: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl WebhookTables {
+    fn open(rtx: &redb::ReadTransaction) -> Result<WebhookTables, StoreError> {
+        Ok(WebhookTables {
+            webhooks: rtx.open_table(WEBHOOKS).map_err(storage)?,
+            stats: rtx.open_table(WEBHOOK_STATS).map_err(storage)?,
+            states: rtx.open_table(DISPATCH_STATES).map_err(storage)?,
+        })
+    }
+
+    fn read(
+        &self,
+        id: &str,
+        waiting: &PendingInner,
+    ) -> Result<Option<(Webhook, WebhookStats)>, StoreError> {
+        let Some(bytes) = self.webhooks.get(id).map_err(storage)? else {
+            return Ok(None);
+        };
+        let w = records::decode_webhook(bytes.value())?;
+        let folded = match self.stats.get(id).map_err(storage)? {
+            Some(b) => records::decode_stats(b.value())?,
+            None => records::StatsState::default(),
+        };
+        let stats = webhook_stats(&folded, waiting.ids(id), |d| {
+            let got = self.states.get(d).map_err(storage)?;
+            got.map(|b| records::decode_dispatch_state(b.value())).transpose()
+        })?;
+        Ok(Some((w, stats)))
+    }
+}
+
+/// One page of the ids of an index range merged with `tail` (sorted, disjoint from it).
+fn merged_page_ids(
+    range: redb::Range<'_, (&'static str, &'static str), ()>,
+    tail: Vec<String>,
+    page: PageRequest,
+) -> Result<Vec<String>, StoreError> {
+    let offset = usize::try_from(page.offset).unwrap_or(usize::MAX);
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let ids = range.map(|e| e.map(|(k, _)| k.value().1.to_string()).map_err(storage));
+    let mut out = Vec::new();
+    if page.desc {
+        let merged = merge_sorted(ids.rev(), tail.into_iter().rev(), |a, b| a > b);
+        for id in merged.skip(offset).take(limit) {
+            out.push(id?);
+        }
+    } else {
+        let merged = merge_sorted(ids, tail.into_iter(), |a, b| a < b);
+        for id in merged.skip(offset).take(limit) {
+            out.push(id?);
+        }
+    }
+    Ok(out)
+}
+
+/// Two sequences, each ordered by `first`, merged into one.
+fn merge_sorted<A, B>(
+    a: A,
+    b: B,
+    first: impl Fn(&str, &str) -> bool,
+) -> impl Iterator<Item = Result<String, StoreError>>
+where
+    A: Iterator<Item = Result<String, StoreError>>,
+    B: Iterator<Item = String>,
+{
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(Ok(x)), Some(y)) if !first(x, y) => b.next().map(Ok),
+        (Some(_), _) => a.next(),
+        (None, Some(_)) => b.next().map(Ok),
+        (None, None) => None,
+    })
+}
+
+/// The dispatches not yet folded, and the next `webhook_pending` key.
+fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
+    let rtx = db.begin_read().map_err(storage)?;
+    let table = rtx.open_table(WEBHOOK_PENDING).map_err(storage)?;
+    let pending = Pending::default();
+    let mut next_seq = 0;
+    {
+        let mut mirror = pending.write();
+        for entry in table.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (w, d) = v.value();
+            mirror.add(w.to_string(), d.to_string());
+            next_seq = k.value() + 1;
+        }
+    }
+    Ok((pending, next_seq))
 }
 
 /// Every webhook that can still fire, for the match index.
@@ -753,6 +887,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
         tx.open_table(OUTBOX).map_err(storage)?;
         tx.open_table(JOBS).map_err(storage)?;
+        tx.open_table(WEBHOOK_PENDING).map_err(storage)?;
     }
     tx.commit().map_err(storage)?;
     Ok(())

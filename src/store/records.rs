@@ -6,9 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::model::{
-    Call, Condition, Dispatch, DispatchStatus, EventType, LastDispatch, Webhook, WebhookStats,
-};
+use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, Webhook};
 
 const V1: u8 = 1;
 
@@ -121,19 +119,22 @@ struct StatsV1 {
     last_finished_ms: Option<u64>,
 }
 
-/// A webhook's stats and the id of its latest dispatch (whose status `lastDispatch` shows).
+/// A webhook's folded stats: how many dispatches, and the id of the latest one (whose state
+/// `lastDispatch` shows, read when the webhook is read).
+#[derive(Clone, Debug, Default)]
 pub struct StatsState {
-    pub stats: WebhookStats,
+    pub total: u64,
     pub last_id: Option<String>,
 }
 
 pub fn encode_stats(s: &StatsState) -> Result<Vec<u8>, StoreError> {
-    let last = s.stats.last_dispatch.as_ref();
+    // `last_status` and `last_finished_ms` are no longer written: the status is read from the
+    // latest dispatch's state instead of being copied here on every call.
     let rec = StatsV1 {
-        total: s.stats.total_dispatches,
+        total: s.total,
         last_id: s.last_id.clone(),
-        last_status: last.map(|l| l.status.as_str().to_string()),
-        last_finished_ms: last.and_then(|l| l.finished_ms),
+        last_status: None,
+        last_finished_ms: None,
     };
     encode_v1(&rec)
 }
@@ -148,12 +149,8 @@ fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
 }
 
 pub fn decode_stats(bytes: &[u8]) -> Result<StatsState, StoreError> {
-    let StatsV1 { total, last_id, last_status, last_finished_ms } = decode_v1("stats", bytes)?;
-    let last_dispatch = match last_status.as_deref() {
-        None => None,
-        Some(s) => Some(LastDispatch { status: status_of(s)?, finished_ms: last_finished_ms }),
-    };
-    Ok(StatsState { stats: WebhookStats { total_dispatches: total, last_dispatch }, last_id })
+    let StatsV1 { total, last_id, .. } = decode_v1("stats", bytes)?;
+    Ok(StatsState { total, last_id })
 }
 
 /// The part of a dispatch that never changes: written once, when it is made.

@@ -6,7 +6,7 @@ use redb::TableDefinition;
 use crate::model::ConditionKind;
 
 /// Bumped on any incompatible change; a file with a newer version is refused.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// 1 when the writer's last commit was the one it makes on a clean stop; 0 while running.
 pub const META_CLEAN_CLOSE: &str = "clean_close";
@@ -23,7 +23,8 @@ pub const WEBHOOK_MATCH: TableDefinition<(&str, u8, &str, u64, &str), ()> =
     TableDefinition::new("webhook_match");
 /// (user, idempotency key) -> webhook id.
 pub const WEBHOOK_IDEM: TableDefinition<(&str, &str), &str> = TableDefinition::new("webhook_idem");
-/// webhook id -> versioned stats record (totalDispatches, lastDispatch).
+/// webhook id -> versioned stats record (folded totalDispatches and the latest dispatch id).
+/// Every webhook has one from its create to its delete.
 pub const WEBHOOK_STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_stats");
 
 /// Upper bound for the id part of a range: ids are `[A-Za-z0-9]`, all below `~`.
@@ -60,6 +61,11 @@ pub const DISPATCHES_BY_WEBHOOK: TableDefinition<(&str, &str), ()> =
 /// it is ACTIVE. Partitioned by target (`scheme://host:port`) so the scheduler takes due work
 /// per target, within each target's in-flight bound.
 pub const OUTBOX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("outbox");
+/// Commit sequence number -> (webhook id, dispatch id): dispatches not yet folded into
+/// `webhook_stats` and `dispatches_by_webhook` (pending.rs). Appended by the ingest commit,
+/// emptied by the folding commit.
+pub const WEBHOOK_PENDING: TableDefinition<u64, (&str, &str)> =
+    TableDefinition::new("webhook_pending");
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 

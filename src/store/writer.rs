@@ -12,11 +12,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::storage;
 use super::index::{IndexChange, MatchIndex};
+use super::pending::{Pending, PendingInner};
 use super::records::{DispatchState, StatsState};
 use super::schema::*;
 use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError, records};
 use crate::model::{
-    Call, Decision, DispatchStatus, EventType, LastDispatch, Webhook, WebhookPatch, WebhookStats,
+    Call, Decision, DispatchStatus, EventType, Webhook, WebhookPatch, WebhookStats,
 };
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -102,11 +103,11 @@ pub(crate) fn spawn(
     batch_max: usize,
     fatal: Arc<Fatal>,
     outbox_changed: Arc<tokio::sync::Notify>,
-    index: Arc<MatchIndex>,
+    mut state: WriterState,
 ) -> Result<WriterHandle, StoreError> {
     let thread = std::thread::Builder::new()
         .name("hookd-writer".into())
-        .spawn(move || run(&db, rx, batch_max.max(1), &fatal, &outbox_changed, &index))
+        .spawn(move || run(&db, rx, batch_max.max(1), &fatal, &outbox_changed, &mut state))
         .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
     Ok(WriterHandle { thread: Some(thread), writes })
 }
@@ -117,7 +118,7 @@ fn run(
     batch_max: usize,
     fatal: &Fatal,
     outbox_changed: &tokio::sync::Notify,
-    index: &MatchIndex,
+    state: &mut WriterState,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_max);
     // Ends on Close, when every sender is gone, or at the first storage error.
@@ -130,7 +131,7 @@ fn run(
             }
         }
         let closing = batch.iter().any(|op| matches!(op, WriteOp::Close));
-        match commit_batch(db, &mut batch, fatal, index) {
+        match commit_batch(db, &mut batch, fatal, state) {
             Ok(true) => outbox_changed.notify_one(),
             Ok(false) => {}
             Err(e) => {
@@ -147,7 +148,7 @@ fn run(
 /// Every table, opened once per group commit (opening a table looks it up in redb's table
 /// tree: doing that per insert cost more than the inserts), and the stats the group changed,
 /// written once per webhook just before the commit instead of once per dispatch.
-struct Batch<'t> {
+struct Batch<'t, 'p> {
     meta: Table<'t, &'static str, u64>,
     webhooks: Table<'t, &'static str, &'static [u8]>,
     webhooks_by_user: Table<'t, (&'static str, u64, &'static str), ()>,
@@ -163,6 +164,17 @@ struct Batch<'t> {
     dispatches_by_webhook: Table<'t, (&'static str, &'static str), ()>,
     outbox: Table<'t, (&'static str, u64, &'static str), ()>,
     jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
+    webhook_pending: Table<'t, u64, (&'static str, &'static str)>,
+    /// Dispatches waiting to be folded as of the last commit (only the writer changes it).
+    tail: &'p PendingInner,
+    /// The match index as of the last commit.
+    index: &'p MatchIndex,
+    /// This group's new dispatches (webhook id, dispatch id), in order, for the mirror.
+    new_pending: Vec<(String, String)>,
+    /// The next `webhook_pending` key.
+    next_seq: u64,
+    /// Webhooks deleted in this group (their waiting entries leave the mirror).
+    deleted: Vec<String>,
     /// Stats read or changed in this group: webhook id -> (stats, changed), `None` for a
     /// webhook that does not exist.
     stats: HashMap<String, Option<(StatsState, bool)>>,
@@ -171,9 +183,20 @@ struct Batch<'t> {
     index_changes: Vec<IndexChange>,
 }
 
-impl<'t> Batch<'t> {
-    fn open(tx: &'t WriteTransaction) -> Result<Batch<'t>, StoreError> {
+impl<'t, 'p> Batch<'t, 'p> {
+    fn open(
+        tx: &'t WriteTransaction,
+        tail: &'p PendingInner,
+        index: &'p MatchIndex,
+        next_seq: u64,
+    ) -> Result<Batch<'t, 'p>, StoreError> {
         Ok(Batch {
+            index,
+            webhook_pending: tx.open_table(WEBHOOK_PENDING).map_err(storage)?,
+            tail,
+            new_pending: Vec::new(),
+            next_seq,
+            deleted: Vec::new(),
             meta: tx.open_table(META).map_err(storage)?,
             webhooks: tx.open_table(WEBHOOKS).map_err(storage)?,
             webhooks_by_user: tx.open_table(WEBHOOKS_BY_USER).map_err(storage)?,
@@ -212,7 +235,10 @@ impl<'t> Batch<'t> {
 
     /// Writes the changed stats (a deleted webhook's entry is `None`).
     fn flush_stats(&mut self) -> Result<(), StoreError> {
-        for (id, entry) in std::mem::take(&mut self.stats) {
+        let mut changed: Vec<_> = std::mem::take(&mut self.stats).into_iter().collect();
+        // In key order: after a fold there may be thousands, and order keeps the tree walk local.
+        changed.sort_by(|a, b| a.0.cmp(&b.0));
+        for (id, entry) in changed {
             if let Some((s, true)) = entry {
                 let bytes = records::encode_stats(&s)?;
                 self.webhook_stats.insert(id.as_str(), bytes.as_slice()).map_err(storage)?;
@@ -227,8 +253,45 @@ impl<'t> Batch<'t> {
         };
         let w = records::decode_webhook(bytes.value())?;
         drop(bytes);
-        let s = self.stats(id)?.map(|(s, _)| s.stats.clone()).unwrap_or_default();
-        Ok(Some((w, s)))
+        let folded = self.stats(id)?.map(|(s, _)| s.clone()).unwrap_or_default();
+        let waiting = self.waiting_ids(id);
+        let stats = super::webhook_stats(&folded, &waiting, |d| {
+            let got = self.dispatch_states.get(d).map_err(storage)?;
+            got.map(|b| records::decode_dispatch_state(b.value())).transpose()
+        })?;
+        Ok(Some((w, stats)))
+    }
+
+    /// The webhook's dispatches not yet folded, oldest first (earlier groups, then this one).
+    fn waiting_ids(&self, webhook_id: &str) -> Vec<String> {
+        let mut ids = self.tail.ids(webhook_id).to_vec();
+        ids.extend(
+            self.new_pending.iter().filter(|(w, _)| w == webhook_id).map(|(_, d)| d.clone()),
+        );
+        ids
+    }
+
+    /// Folds every waiting dispatch into `webhook_stats` and `dispatches_by_webhook`, in
+    /// commit order, and empties `webhook_pending`. Those of deleted webhooks are dropped.
+    fn fold(&mut self) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(self.tail.len() + self.new_pending.len());
+        for entry in self.webhook_pending.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            let (w, d) = v.value();
+            rows.push((w.to_string(), d.to_string()));
+        }
+        // By webhook (stably, so each webhook's own keep their commit order): the stats and
+        // index inserts then walk both trees in key order instead of jumping about.
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for (w, d) in rows {
+            let Some((s, changed)) = self.stats(&w)? else { continue };
+            s.total += 1;
+            s.last_id = Some(d.clone());
+            *changed = true;
+            self.dispatches_by_webhook.insert((w.as_str(), d.as_str()), ()).map_err(storage)?;
+        }
+        self.webhook_pending.retain(|_, _| false).map_err(storage)?;
+        Ok(())
     }
 
     fn load_state(&self, dispatch_id: &str) -> Result<Option<DispatchState>, StoreError> {
@@ -256,17 +319,6 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 
-    /// Keeps `lastDispatch` in step when the webhook's latest dispatch changes status.
-    fn follow_last_dispatch(&mut self, id: &str, s: &DispatchState) -> Result<(), StoreError> {
-        let Some((stats, changed)) = self.stats(&s.webhook_id)? else { return Ok(()) };
-        if stats.last_id.as_deref() == Some(id) {
-            stats.stats.last_dispatch =
-                Some(LastDispatch { status: s.status, finished_ms: s.finished_ms });
-            *changed = true;
-        }
-        Ok(())
-    }
-
     fn index_condition(&mut self, w: &Webhook, insert: bool) -> Result<(), StoreError> {
         for (kind, value) in w.condition.keys() {
             let key = (w.user_id.as_str(), kind_code(kind), value, w.created_ms, w.id.as_str());
@@ -287,7 +339,7 @@ fn commit_batch(
     db: &Database,
     batch: &mut Vec<WriteOp>,
     fatal: &Fatal,
-    index: &MatchIndex,
+    state: &mut WriterState,
 ) -> Result<bool, StoreError> {
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut outbox_grew = false;
@@ -299,8 +351,9 @@ fn commit_batch(
         // crash takes milliseconds instead of a full repair (seconds per GiB). Its cost is
         // one more fsync per group commit, shared by the whole group.
         tx.set_quick_repair(true);
-        {
-            let mut b = Batch::open(&tx)?;
+        let (new_pending, deleted, next_seq, folding) = {
+            let tail = state.pending.read();
+            let mut b = Batch::open(&tx, &tail, &state.index, state.next_seq)?;
             for op in ops.by_ref() {
                 let (answer, failure) = apply(&mut b, op);
                 answers.extend(answer);
@@ -308,15 +361,47 @@ fn commit_batch(
                     return Err(e);
                 }
             }
+            let folding = tail.len() + b.new_pending.len() >= state.pending_max;
+            if folding {
+                let started = std::time::Instant::now();
+                b.fold()?;
+                tracing::debug!(
+                    dispatches = tail.len() + b.new_pending.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "folded per-webhook stats and lists"
+                );
+            }
             b.flush_stats()?;
             outbox_grew = b.outbox_grew;
             index_changes = std::mem::take(&mut b.index_changes);
+            (
+                std::mem::take(&mut b.new_pending),
+                std::mem::take(&mut b.deleted),
+                b.next_seq,
+                folding,
+            )
+        };
+        // See pending.rs: readers must see the folded tables with an empty mirror, or the
+        // unfolded ones with the full mirror; so a folding commit happens under the write lock.
+        let mut mirror = if folding { Some(state.pending.write()) } else { None };
+        tx.commit().map_err(storage)?;
+        let mut mirror = mirror.take().unwrap_or_else(|| state.pending.write());
+        if folding {
+            mirror.clear();
+        } else {
+            for (w, d) in new_pending {
+                mirror.add(w, d);
+            }
         }
-        tx.commit().map_err(storage)
+        for w in &deleted {
+            mirror.forget_webhook(w);
+        }
+        state.next_seq = next_seq;
+        Ok(())
     })();
     if result.is_ok() {
         // Before any answer: an acknowledged create matches every event sent after it.
-        index.apply(index_changes);
+        state.index.apply(index_changes);
     }
     if let Err(e) = &result {
         // Ops the failed transaction never reached are failed the same way.
@@ -330,6 +415,16 @@ fn commit_batch(
         a(err);
     }
     result.map(|()| outbox_grew)
+}
+
+/// What the writer keeps between groups, and what it shares with readers.
+pub(crate) struct WriterState {
+    pub index: Arc<MatchIndex>,
+    pub pending: Arc<Pending>,
+    /// The next `webhook_pending` key.
+    pub next_seq: u64,
+    /// Fold when this many dispatches wait (`limits.webhook_pending_max`).
+    pub pending_max: usize,
 }
 
 /// An answer for an op that is not applied; with the commit error it becomes `Failed`.
@@ -356,7 +451,7 @@ fn settle<T: Send + 'static>(
 }
 
 /// Applies one op. A rule it breaks is its own answer; only storage errors abort the batch.
-fn apply(b: &mut Batch<'_>, op: WriteOp) -> (Option<Answer>, Option<StoreError>) {
+fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreError>) {
     match op {
         WriteOp::Close => {
             // The stop is clean: the next open says so (a kill leaves this at 0).
@@ -380,7 +475,7 @@ fn apply(b: &mut Batch<'_>, op: WriteOp) -> (Option<Answer>, Option<StoreError>)
 /// Outer `Err`: storage failure (aborts the batch). Inner: this op's own answer.
 type OpResult<T> = Result<Result<T, StoreError>, StoreError>;
 
-fn create(b: &mut Batch<'_>, w: Webhook) -> OpResult<Created> {
+fn create(b: &mut Batch<'_, '_>, w: Webhook) -> OpResult<Created> {
     if let Some(key) = &w.idempotency_key {
         let existing = b
             .webhook_idem
@@ -405,13 +500,12 @@ fn create(b: &mut Batch<'_>, w: Webhook) -> OpResult<Created> {
         .map_err(storage)?;
     b.index_condition(&w, true)?;
     b.index_changes.push(IndexChange::Add(Arc::new(w.clone())));
-    let fresh = StatsState { stats: WebhookStats::default(), last_id: None };
-    b.stats.insert(w.id.clone(), Some((fresh, true)));
+    b.stats.insert(w.id.clone(), Some((StatsState::default(), true)));
     Ok(Ok(Created { webhook: w, stats: WebhookStats::default(), replayed: false }))
 }
 
 fn update(
-    b: &mut Batch<'_>,
+    b: &mut Batch<'_, '_>,
     user_id: &str,
     id: &str,
     patch: &WebhookPatch,
@@ -439,7 +533,7 @@ fn update(
     Ok(Ok((new, stats)))
 }
 
-fn delete(b: &mut Batch<'_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<()> {
+fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<()> {
     let Some((w, _)) = b.load(id)? else { return Ok(Err(StoreError::NotFound)) };
     if w.user_id != user_id {
         return Ok(Err(StoreError::NotFound));
@@ -451,7 +545,7 @@ fn delete(b: &mut Batch<'_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<(
     b.index_condition(&w, false)?;
     b.index_changes.push(remove_from_index(&w));
     b.webhook_fired.remove(id).map_err(storage)?;
-    // Its dispatches stay readable; the ACTIVE ones end now.
+    // Its dispatches stay readable by id; the ACTIVE ones end now.
     let dispatch_ids: Vec<String> = {
         let range = b.dispatches_by_webhook.range((id, "")..=(id, ID_MAX)).map_err(storage)?;
         let mut ids = Vec::new();
@@ -459,8 +553,10 @@ fn delete(b: &mut Batch<'_>, user_id: &str, id: &str, now_ms: u64) -> OpResult<(
             let (k, _) = entry.map_err(storage)?;
             ids.push(k.value().1.to_string());
         }
+        ids.extend(b.waiting_ids(id));
         ids
     };
+    b.deleted.push(id.to_string());
     for dispatch_id in dispatch_ids {
         let Some(mut s) = b.load_state(&dispatch_id)? else { continue };
         if s.status != DispatchStatus::Active {
@@ -500,7 +596,7 @@ fn job_status(object_json: &str) -> Option<String> {
 }
 
 fn ingest(
-    b: &mut Batch<'_>,
+    b: &mut Batch<'_, '_>,
     events: Vec<EncodedEvent>,
     job: Option<&JobReport>,
 ) -> OpResult<Vec<EventAnswer>> {
@@ -532,7 +628,11 @@ fn ingest(
         for (d, encoded) in event.dispatches.iter().zip(&dispatches) {
             // Deleted since it was matched: the event no longer reaches it. (It is the user's:
             // it was matched through the user's own index, and ids are never reused.)
-            if b.stats(&d.webhook_id)?.is_none() {
+            // Listed in the match index under the condition it was matched by: it exists (unless
+            // deleted earlier in this group). Otherwise ask its stats record, which every
+            // existing webhook has (a fired ad-hoc one is not listed; an update may have moved it).
+            let listed = b.index.has(&d.user_id, &d.condition, &d.webhook_id);
+            if b.deleted.contains(&d.webhook_id) || (!listed && b.stats(&d.webhook_id)?.is_none()) {
                 continue;
             }
             if d.is_ad_hoc && d.event_type != EventType::Test {
@@ -548,18 +648,15 @@ fn ingest(
             b.dispatches.insert(id, encoded.request.as_slice()).map_err(storage)?;
             b.dispatch_states.insert(id, encoded.state.as_slice()).map_err(storage)?;
             b.dispatches_by_user.insert((d.user_id.as_str(), id), ()).map_err(storage)?;
-            b.dispatches_by_webhook.insert((d.webhook_id.as_str(), id), ()).map_err(storage)?;
             if d.status == DispatchStatus::Active
                 && let Some(due) = d.next_due_ms
             {
                 b.enqueue(id, &encoded.target, due)?;
             }
-            let Some((s, changed)) = b.stats(&d.webhook_id)? else { continue };
-            s.stats.total_dispatches += 1;
-            s.stats.last_dispatch =
-                Some(LastDispatch { status: d.status, finished_ms: d.finished_ms });
-            s.last_id = Some(d.id.clone());
-            *changed = true;
+            // The webhook's stats and list entry are folded in later (pending.rs).
+            b.webhook_pending.insert(b.next_seq, (d.webhook_id.as_str(), id)).map_err(storage)?;
+            b.next_seq += 1;
+            b.new_pending.push((d.webhook_id.clone(), d.id.clone()));
             ids.push(d.id.clone());
         }
         let a = EventAnswer {
@@ -589,7 +686,7 @@ fn ingest(
 }
 
 fn record_call(
-    b: &mut Batch<'_>,
+    b: &mut Batch<'_, '_>,
     dispatch_id: &str,
     call: Call,
     decision: Decision,
@@ -618,6 +715,5 @@ fn record_call(
         }
     }
     b.save_state(dispatch_id, &s)?;
-    b.follow_last_dispatch(dispatch_id, &s)?;
     Ok(Ok(()))
 }

@@ -720,3 +720,96 @@ fn run_and_build_state_reports_raise_the_implied_events() {
     let last = rx.received().last().unwrap().json();
     assert_eq!(last["eventData"], json!({"actorId": "A", "actorTaskId": "T", "actorRunId": "t1"}));
 }
+
+/// A webhook's `stats.totalDispatches`, its `lastDispatch` and its dispatch list, checked
+/// against the dispatch ids the events were answered with (oldest first).
+fn check_webhook_dispatches(d: &TestDaemon, hook: &str, ids: &[String], all_ended: bool) {
+    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+        .clone();
+    assert_eq!(w["stats"]["totalDispatches"], ids.len(), "{hook}: {w}");
+    if all_ended {
+        assert_eq!(w["lastDispatch"]["status"], "SUCCEEDED", "{hook}: {w}");
+    }
+    let path = format!("/v2/webhooks/{hook}/dispatches");
+    let list = d.req("GET", &path, Some(ALICE_TOKEN), None).json()["data"].clone();
+    assert_eq!(list["total"], ids.len(), "{hook}");
+    let got: Vec<&str> =
+        list["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(got, ids, "{hook}: the list in createdAt order");
+    // A page from the newest end, crossing from the waiting dispatches into the folded ones.
+    let page = d
+        .req("GET", &format!("{path}?desc=1&offset=1&limit=3"), Some(ALICE_TOKEN), None)
+        .json()["data"]
+        .clone();
+    let got: Vec<&str> =
+        page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let want: Vec<&str> = ids.iter().rev().skip(1).take(3).map(String::as_str).collect();
+    assert_eq!(got, want, "{hook}: desc page");
+}
+
+/// Per-webhook stats and lists are folded into their tables only every
+/// `limits.webhook_pending_max` dispatches (3 here); until then they wait in `webhook_pending`
+/// and in memory. Reads must be exact at every point: between folds, after folds, after kill -9
+/// (the waiting ones are read back from disk), and a delete ends waiting dispatches too.
+#[test]
+fn webhook_stats_and_lists_are_exact_across_folds_and_restarts() {
+    let rx = ok_receiver();
+    let config = format!("{}\n[limits]\nwebhook_pending_max = 3\n", fast("[10]", 5000));
+    let mut d = TestDaemon::start(&config);
+    let a = d.create_webhook(ALICE_TOKEN, &webhook_body("a", &rx.url("/")));
+    let b = d.create_webhook(ALICE_TOKEN, &webhook_body("b", &rx.url("/")));
+    let (mut ids_a, mut ids_b) = (Vec::new(), Vec::new());
+    let mut sent = 0;
+    let mut send = |d: &TestDaemon, actor: &str, ids: &mut Vec<String>| {
+        sent += 1;
+        let answer = d.post_events(
+            ALICE_TOKEN,
+            &run_event("ACTOR.RUN.SUCCEEDED", actor, None, &format!("r{sent}")),
+        );
+        ids.push(answer["dispatchIds"][0].as_str().unwrap().to_string());
+    };
+    for round in 0..5 {
+        // Uneven rounds, so that folds fall at different points of each webhook's list.
+        for i in 0..(round + 1) {
+            send(&d, "a", &mut ids_a);
+            if i % 2 == 0 {
+                send(&d, "b", &mut ids_b);
+            }
+        }
+        check_webhook_dispatches(&d, &a, &ids_a, false);
+        check_webhook_dispatches(&d, &b, &ids_b, false);
+    }
+    let delivered = ids_a.len() + ids_b.len();
+    eventually(WAIT, "every delivery", || rx.count() == delivered);
+    eventually(WAIT, "every dispatch SUCCEEDED", || {
+        ids_a.iter().chain(&ids_b).all(|id| d.dispatch(ALICE_TOKEN, id)["status"] == "SUCCEEDED")
+    });
+    check_webhook_dispatches(&d, &a, &ids_a, true);
+    check_webhook_dispatches(&d, &b, &ids_b, true);
+    // One more for `a` leaves it waiting (the last fold was at a multiple of 3 or not: either
+    // way the restart must read the waiting ones back from disk).
+    send(&d, "a", &mut ids_a);
+    d.kill9();
+    d.restart();
+    check_webhook_dispatches(&d, &a, &ids_a, false);
+    check_webhook_dispatches(&d, &b, &ids_b, true);
+    eventually(WAIT, "the last delivery", || {
+        d.dispatch(ALICE_TOKEN, ids_a.last().unwrap())["status"] == "SUCCEEDED"
+    });
+    // A delete ends a waiting ACTIVE dispatch: make one that stays ACTIVE.
+    rx.set_script(|_, _| Reply::Status(500));
+    let c = d.create_webhook(ALICE_TOKEN, &webhook_body("c", &rx.url("/")));
+    let mut ids_c = Vec::new();
+    send(&d, "c", &mut ids_c);
+    check_webhook_dispatches(&d, &c, &ids_c, false);
+    assert_eq!(d.req("DELETE", &format!("/v2/webhooks/{c}"), Some(ALICE_TOKEN), None).status, 204);
+    let ended = d.dispatch(ALICE_TOKEN, &ids_c[0]);
+    assert_eq!(ended["status"], "FAILED", "{ended}");
+    // Folds after the delete skip the deleted webhook's entries and keep the others exact.
+    rx.set_script(|_, _| Reply::Status(200));
+    for _ in 0..4 {
+        send(&d, "a", &mut ids_a);
+    }
+    check_webhook_dispatches(&d, &a, &ids_a, false);
+    check_webhook_dispatches(&d, &b, &ids_b, true);
+}

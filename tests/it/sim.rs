@@ -49,7 +49,13 @@ struct Known {
 }
 
 fn open(path: &Path) -> (Store, WriterHandle) {
-    let limits = StoreLimits { write_queue_max: 1024, write_batch_max: 64, cache_bytes: 4 << 20 };
+    // A tiny fold bound, so that folds happen (and crash) often.
+    let limits = StoreLimits {
+        write_queue_max: 1024,
+        write_batch_max: 64,
+        cache_bytes: 4 << 20,
+        webhook_pending_max: 7,
+    };
     Store::open(path, limits).expect("open store")
 }
 

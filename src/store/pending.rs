@@ -1,0 +1,64 @@
+//! Dispatches not yet folded into the per-webhook tables (`webhook_stats`,
+//! `dispatches_by_webhook`). Writing those per event costs a random B-tree leaf per event when
+//! events spread over many webhooks, so the ingest commit appends each new dispatch to the
+//! `webhook_pending` table instead (an append, cheap) and to this in-memory mirror; when
+//! `limits.webhook_pending_max` are waiting, one commit folds them all in, and many of them
+//! share leaves. Readers add the waiting ones to what the tables say.
+//!
+//! Consistency: the writer changes this mirror only after its commit, and holds the write lock
+//! across a folding commit, while readers hold the read lock across their read transaction. So
+//! a reader sees the folded tables with an empty mirror or the unfolded tables with the full
+//! one, never a dispatch twice or not at all.
+
+use std::collections::HashMap;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Waiting dispatch ids per webhook, in commit order.
+#[derive(Default)]
+pub(crate) struct PendingInner {
+    by_webhook: HashMap<String, Vec<String>>,
+    len: usize,
+}
+
+impl PendingInner {
+    /// The webhook's waiting dispatch ids, oldest first.
+    pub(crate) fn ids(&self, webhook_id: &str) -> &[String] {
+        self.by_webhook.get(webhook_id).map_or(&[], Vec::as_slice)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn add(&mut self, webhook_id: String, dispatch_id: String) {
+        self.by_webhook.entry(webhook_id).or_default().push(dispatch_id);
+        self.len += 1;
+    }
+
+    pub(crate) fn forget_webhook(&mut self, webhook_id: &str) {
+        if let Some(ids) = self.by_webhook.remove(webhook_id) {
+            self.len -= ids.len();
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.by_webhook.clear();
+        self.len = 0;
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Pending {
+    inner: RwLock<PendingInner>,
+}
+
+impl Pending {
+    // A poisoned lock only means a panic elsewhere mid-update of plain maps; use them as is.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, PendingInner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, PendingInner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
