@@ -14,7 +14,7 @@ use hookd::delivery::policy::Outcome;
 use hookd::delivery::sender::Sent;
 use hookd::delivery::{Scheduler, finish};
 use hookd::model::{Call, Condition, Dispatch, DispatchStatus, EventType, Webhook, WebhookDraft};
-use hookd::store::{NewEvent, Store, StoreLimits, WriterHandle};
+use hookd::store::{DispatchScope, NewEvent, PageRequest, Store, StoreLimits, WriterHandle};
 
 const DELAYS: [u64; 3] = [100, 200, 400];
 
@@ -42,6 +42,7 @@ impl Rng {
 /// What the simulation knows about one acknowledged dispatch.
 #[derive(Debug, Clone)]
 struct Known {
+    webhook_id: String,
     ended: Option<DispatchStatus>,
     calls: usize,
     due_ms: u64,
@@ -71,6 +72,8 @@ struct Sim {
     pending: Vec<(String, Dispatch)>,
     now_ms: u64,
     next_id: u64,
+    /// An ingest or a crash since the last check: per-webhook data is checked too.
+    webhooks_changed: bool,
 }
 
 impl Sim {
@@ -88,6 +91,7 @@ impl Sim {
     }
 
     async fn ingest(&mut self) {
+        self.webhooks_changed = true;
         let events = 1 + self.rng.below(3) as usize;
         let mut batch = Vec::new();
         for _ in 0..events {
@@ -126,9 +130,11 @@ impl Sim {
                 dispatches,
             });
         }
-        let planned: Vec<(String, bool)> = batch
+        let planned: Vec<(String, String, bool)> = batch
             .iter()
-            .flat_map(|e| e.dispatches.iter().map(|d| (d.id.clone(), d.do_not_retry)))
+            .flat_map(|e| {
+                e.dispatches.iter().map(|d| (d.id.clone(), d.webhook_id.clone(), d.do_not_retry))
+            })
             .collect();
         match self.store().ingest(batch, None).await {
             Ok(answers) => {
@@ -141,11 +147,10 @@ impl Sim {
                         planned.len()
                     ));
                 }
-                for (id, do_not_retry) in planned {
-                    self.known.insert(
-                        id,
-                        Known { ended: None, calls: 0, due_ms: self.now_ms, do_not_retry },
-                    );
+                for (id, webhook_id, do_not_retry) in planned {
+                    let due_ms = self.now_ms;
+                    let k = Known { webhook_id, ended: None, calls: 0, due_ms, do_not_retry };
+                    self.known.insert(id, k);
                 }
             }
             Err(e) => self.fail(format!("ingest failed: {e}")),
@@ -236,6 +241,7 @@ impl Sim {
     }
 
     async fn crash(&mut self) {
+        self.webhooks_changed = true;
         // Everything in memory is gone: calls in flight are never recorded.
         self.pending.clear();
         self.scheduler =
@@ -303,6 +309,53 @@ impl Sim {
         if keys.len() != self.known.values().filter(|k| k.ended.is_none()).count() {
             self.fail(format!("{} outbox keys for the ACTIVE dispatches", keys.len()));
         }
+        // Per-webhook data after ingests and crashes (the other steps cannot change it).
+        if self.webhooks_changed {
+            self.check_webhooks(&stored).await;
+        }
+    }
+
+    /// Per-webhook stats and lists (folded every 7 dispatches, see `open`) count every
+    /// acknowledged dispatch exactly once, in order, and `lastDispatch` is the latest one's.
+    async fn check_webhooks(&self, stored: &HashMap<String, Dispatch>) {
+        for w in &self.webhooks {
+            let mut ids: Vec<&String> =
+                self.known.iter().filter(|(_, k)| k.webhook_id == w.id).map(|(id, _)| id).collect();
+            // Sim ids grow with creation, and the sim commits one ingest at a time.
+            ids.sort();
+            let (_, stats) = match self.store().get_webhook("u".into(), w.id.clone()).await {
+                Ok(Some(pair)) => pair,
+                other => self.fail(format!("get_webhook {}: {other:?}", w.id)),
+            };
+            if stats.total_dispatches != ids.len() as u64 {
+                self.fail(format!(
+                    "{}: totalDispatches {}, {} acknowledged",
+                    w.id,
+                    stats.total_dispatches,
+                    ids.len()
+                ));
+            }
+            let last_status = ids.last().and_then(|id| stored.get(*id)).map(|d| d.status);
+            if stats.last_dispatch.as_ref().map(|l| l.status) != last_status {
+                self.fail(format!(
+                    "{}: lastDispatch {:?}, latest {last_status:?}",
+                    w.id, stats.last_dispatch
+                ));
+            }
+            let page = PageRequest { offset: 0, limit: u64::MAX, desc: false };
+            let scope = DispatchScope::Webhook(w.id.clone());
+            let listed = match self.store().list_dispatches("u".into(), scope, page).await {
+                Ok(p) => p,
+                Err(e) => self.fail(format!("list_dispatches {}: {e}", w.id)),
+            };
+            let listed_ids: Vec<&String> = listed.items.iter().map(|d| &d.id).collect();
+            if listed.total != ids.len() as u64 || listed_ids != ids {
+                self.fail(format!(
+                    "{}: listed {} ({listed_ids:?}), acknowledged {ids:?}",
+                    w.id, listed.total
+                ));
+            }
+        }
     }
 }
 
@@ -337,6 +390,7 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         pending: Vec::new(),
         now_ms: 1_000_000,
         next_id: 0,
+        webhooks_changed: false,
     };
     let steps = 20 + sim.rng.below(40);
     for _ in 0..steps {
@@ -348,6 +402,7 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
             _ => sim.crash().await,
         }
         sim.check().await;
+        sim.webhooks_changed = false;
     }
     // Drain: every call now succeeds; everything acknowledged must end.
     for _ in 0..1000 {
@@ -364,6 +419,9 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
     if !sim.known.values().all(|k| k.ended.is_some()) {
         sim.fail("dispatches never ended".into());
     }
+    // The final statuses as `lastDispatch` shows them.
+    sim.webhooks_changed = true;
+    sim.check().await;
     if let Some(w) = sim.writer.take() {
         w.close().await;
     }
