@@ -67,10 +67,11 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
             Reply::Status(200)
         }
     });
+    // Folds of the per-webhook data every 64 dispatches, so that kills land around them.
     let mut d = TestDaemon::start(&format!(
-        "[delivery]\nallow_private_targets = true\nretry_delays_ms = {RETRY_DELAYS}\ninflight_max = {INFLIGHT_MAX}\nper_target_inflight_max = {INFLIGHT_MAX}\n"
+        "[delivery]\nallow_private_targets = true\nretry_delays_ms = {RETRY_DELAYS}\ninflight_max = {INFLIGHT_MAX}\nper_target_inflight_max = {INFLIGHT_MAX}\n[limits]\nwebhook_pending_max = 64\n"
     ));
-    d.create_webhook(ALICE_TOKEN, &webhook_body("A", &rx.url("/")));
+    let hook = d.create_webhook(ALICE_TOKEN, &webhook_body("A", &rx.url("/")));
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     for cycle in 0..cycles {
         let addr = d.addr;
@@ -184,6 +185,19 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
         }
         acked_ids.iter().all(|id| ended.contains_key(*id)).then_some(())
     });
+
+    // The webhook's stats and list count every stored dispatch once, across the kills.
+    let stored = d.req("GET", "/v2/webhook-dispatches?limit=1", Some(ALICE_TOKEN), None).json()
+        ["data"]["total"]
+        .clone();
+    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+        .clone();
+    assert_eq!(w["stats"]["totalDispatches"], stored, "{w}");
+    let listed = d
+        .req("GET", &format!("/v2/webhooks/{hook}/dispatches?limit=1"), Some(ALICE_TOKEN), None)
+        .json()["data"]["total"]
+        .clone();
+    assert_eq!(listed, stored);
 
     // What the receiver saw: per dispatch id, the answers; per marker, that it was sent.
     let received = rx.received();
