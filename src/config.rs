@@ -47,8 +47,9 @@ pub struct Delivery {
     pub allow_private_targets: bool,
     /// Calls in flight at once, over all targets.
     pub inflight_max: usize,
-    /// Calls in flight at once to one target (scheme, host and port), so that one slow or
-    /// dead target cannot take every slot.
+    /// HTTP exchanges at once with one target (scheme, host and port), so that one slow or
+    /// dead target cannot take every slot. (A call frees its slot when the exchange ends, not
+    /// when its outcome is committed.)
     pub per_target_inflight_max: usize,
     /// Bytes of a target's response body that are read and kept in the dispatch's `calls`.
     pub response_body_bytes_max: usize,

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::model::Dispatch;
@@ -33,6 +34,8 @@ pub struct Scheduler {
     // passes, when this is the only reference, so `make_mut` never copies either.
     in_flight: Arc<HashSet<String>>,
     per_target: Arc<HashMap<String, usize>>,
+    /// Dispatches in flight whose call still holds a slot of its target.
+    holding: HashSet<String>,
     start_after: Option<String>,
     inflight_max: usize,
     per_target_inflight_max: usize,
@@ -49,6 +52,7 @@ impl Scheduler {
         Scheduler {
             in_flight: Arc::new(HashSet::new()),
             per_target: Arc::new(HashMap::new()),
+            holding: HashSet::new(),
             start_after: None,
             inflight_max,
             per_target_inflight_max,
@@ -78,14 +82,18 @@ impl Scheduler {
         let per_target = Arc::make_mut(&mut self.per_target);
         for (target, d) in &due.dispatches {
             in_flight.insert(d.id.clone());
+            self.holding.insert(d.id.clone());
             *per_target.entry(target.clone()).or_default() += 1;
         }
         Ok(Pass { calls: due.dispatches, next_due_ms: due.next_due_ms })
     }
 
-    /// A call ended and its outcome is committed (or given up): the dispatch may be taken again.
-    pub fn land(&mut self, id: &str, target: &str) {
-        Arc::make_mut(&mut self.in_flight).remove(id);
+    /// A call's HTTP exchange ended: its target may take another call, though its outcome is
+    /// not committed yet (the dispatch stays in flight until it is). Once per call at most.
+    pub fn free_target(&mut self, id: &str, target: &str) {
+        if !self.holding.remove(id) {
+            return;
+        }
         let per_target = Arc::make_mut(&mut self.per_target);
         if let Some(n) = per_target.get_mut(target) {
             *n = n.saturating_sub(1);
@@ -93,6 +101,12 @@ impl Scheduler {
                 per_target.remove(target);
             }
         }
+    }
+
+    /// A call ended and its outcome is committed (or given up): the dispatch may be taken again.
+    pub fn land(&mut self, id: &str, target: &str) {
+        self.free_target(id, target);
+        Arc::make_mut(&mut self.in_flight).remove(id);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -137,6 +151,10 @@ impl Dispatcher {
         let mut scheduler = Scheduler::new(self.inflight_max, self.per_target_inflight_max);
         let mut calls: JoinSet<()> = JoinSet::new();
         let mut flights: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
+        // Calls say here when their HTTP exchange is over, before their outcome is committed:
+        // a target's slot is not held through the group commit. At most one message per call
+        // in flight, so the bound is never reached.
+        let (freed_tx, mut freed_rx) = mpsc::channel::<(String, String)>(self.inflight_max.max(1));
         tokio::pin!(shutdown);
         // One pass per wake-up: on new work, on a finished call, at the next due time.
         loop {
@@ -149,7 +167,7 @@ impl Dispatcher {
                     }
                     for (target, d) in pass.calls {
                         let flight = (d.id.clone(), target.clone());
-                        let task = calls.spawn(self.call(d, target));
+                        let task = calls.spawn(self.call(d, target, freed_tx.clone()));
                         flights.insert(task.id(), flight);
                     }
                 }
@@ -161,6 +179,12 @@ impl Dispatcher {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = outbox_changed.notified() => {}
+                Some((id, target)) = freed_rx.recv() => {
+                    scheduler.free_target(&id, &target);
+                    while let Ok((id, target)) = freed_rx.try_recv() {
+                        scheduler.free_target(&id, &target);
+                    }
+                }
                 Some(done) = calls.join_next_with_id(), if !calls.is_empty() => {
                     // Calls answered by the same group commit end together: let the others
                     // finish too, so that one pass (one read) refills all their slots.
@@ -193,12 +217,18 @@ impl Dispatcher {
 
     /// One call and the recording of its outcome. The dispatch stays in flight until its
     /// outcome is committed, so no pass can pick it up again at its old due time.
-    fn call(&self, d: Dispatch, target: String) -> impl Future<Output = ()> + Send + 'static {
+    fn call(
+        &self,
+        d: Dispatch,
+        target: String,
+        freed: mpsc::Sender<(String, String)>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let sender = self.sender.clone();
         let store = self.store.clone();
         let delays = self.retry_delays_ms.clone();
         async move {
             let sent = sender.send(&d, crate::sys::now_ms).await;
+            let _ = freed.try_send((d.id.clone(), target.clone()));
             let (status, error) = (sent.call.response_status, sent.call.error_message.clone());
             match finish(&store, &d, sent, &delays, crate::sys::random_unit()).await {
                 Ok(decision) => tracing::debug!(

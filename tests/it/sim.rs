@@ -183,6 +183,17 @@ impl Sim {
         }
     }
 
+    /// A call's HTTP exchange ends before its outcome is recorded: its target's slot is free,
+    /// but the dispatch must not be taken again until it lands (the pass checks that).
+    fn exchange_one(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let i = self.rng.below(self.pending.len() as u64) as usize;
+        let (target, d) = &self.pending[i];
+        self.scheduler.free_target(&d.id, target);
+    }
+
     async fn complete_one(&mut self, force_ok: bool) {
         if self.pending.is_empty() {
             return;
@@ -398,7 +409,8 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
             0..25 => sim.ingest().await,
             25..45 => sim.now_ms += sim.rng.below(3000),
             45..65 => sim.pass().await,
-            65..93 => sim.complete_one(false).await,
+            65..90 => sim.complete_one(false).await,
+            90..95 => sim.exchange_one(),
             _ => sim.crash().await,
         }
         sim.check().await;
