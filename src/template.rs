@@ -165,23 +165,7 @@ impl Template {
         let value = match &self.body {
             Body::Static(v) => v.clone(),
             Body::Raw(segments) => {
-                let mut out = String::new();
-                for s in segments {
-                    match s {
-                        Segment::Text(t) => out.push_str(t),
-                        Segment::Var(name) => {
-                            let r = resolve(ctx, name);
-                            if r.is_truthy() {
-                                out.push_str(&r.to_json());
-                            } else {
-                                out.push_str("null");
-                            }
-                        }
-                    }
-                    if out.len() > output_bytes_max {
-                        return Err(TemplateError::TooLarge(output_bytes_max));
-                    }
-                }
+                let out = fill(segments, ctx, output_bytes_max)?;
                 serde_json::from_str::<Value>(&out)
                     .map_err(|e| TemplateError::InvalidJson(e.to_string()))?
             }
@@ -203,26 +187,7 @@ impl Template {
     ) -> Result<String, TemplateError> {
         let s = match &self.direct {
             Some(Direct::Static(text)) => text.clone(),
-            Some(Direct::Raw(segments)) => {
-                let mut out = String::with_capacity(256);
-                for s in segments {
-                    match s {
-                        Segment::Text(t) => out.push_str(t),
-                        Segment::Var(name) => {
-                            let r = resolve(ctx, name);
-                            if r.is_truthy() {
-                                r.write_json(&mut out);
-                            } else {
-                                out.push_str("null");
-                            }
-                        }
-                    }
-                    if out.len() > output_bytes_max {
-                        return Err(TemplateError::TooLarge(output_bytes_max));
-                    }
-                }
-                out
-            }
+            Some(Direct::Raw(segments)) => fill(segments, ctx, output_bytes_max)?,
             None => self.render(ctx, output_bytes_max)?.to_string(),
         };
         if s.len() > output_bytes_max {
@@ -250,6 +215,33 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// The text of raw segments with each variable's compact JSON (`null` when falsy, as Apify
+/// does), failing once it grows past `output_bytes_max`.
+fn fill(
+    segments: &[Segment],
+    ctx: &Context,
+    output_bytes_max: usize,
+) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(256);
+    for s in segments {
+        match s {
+            Segment::Text(t) => out.push_str(t),
+            Segment::Var(name) => {
+                let r = resolve(ctx, name);
+                if r.is_truthy() {
+                    r.write_json(&mut out);
+                } else {
+                    out.push_str("null");
+                }
+            }
+        }
+        if out.len() > output_bytes_max {
+            return Err(TemplateError::TooLarge(output_bytes_max));
+        }
+    }
+    Ok(out)
 }
 
 /// The direct form of a template without string interpolation, if it gives exactly the bytes
@@ -462,12 +454,6 @@ impl Resolved<'_> {
                 Value::Array(_) | Value::Object(_) => true,
             },
         }
-    }
-
-    fn to_json(&self) -> String {
-        let mut out = String::new();
-        self.write_json(&mut out);
-        out
     }
 
     fn write_json(&self, out: &mut String) {
