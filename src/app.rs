@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::{self, ApiState, Renderer};
+use crate::api::{self, ApiState, RenderPool, Renderer};
 use crate::config::{Config, User};
 use crate::delivery::Dispatcher;
 use crate::delivery::sender::{Sender, SenderConfig};
@@ -100,6 +100,7 @@ pub async fn run_on(
         retry_delays_ms: Arc::new(config.delivery.retry_delays_ms.clone()),
         inflight_max: config.delivery.inflight_max,
         per_target_inflight_max: config.delivery.per_target_inflight_max,
+        per_user_inflight_max: config.delivery.per_user_inflight_max,
         shutdown_grace_ms: config.limits.shutdown_grace_ms,
     };
     let delivery = tokio::spawn(dispatcher.run(stopped()));
@@ -108,10 +109,11 @@ pub async fn run_on(
         store: store.clone(),
         users,
         limits: config.limits.clone(),
-        renderer: Renderer::new(
+        renderer: Arc::new(Renderer::new(
             config.limits.template_cache_entries_max,
             config.limits.template_output_bytes_max,
-        ),
+        )),
+        render_pool: RenderPool::new(config.limits.render_threads),
     });
     {
         let mut out = std::io::stdout().lock();
@@ -150,7 +152,7 @@ fn admin_user(data_dir: &Path) -> anyhow::Result<User> {
                 token.push_str(&crate::sys::new_id().context("reading the random source")?);
             }
             token.truncate(ADMIN_TOKEN_CHARS);
-            write_private(&path, &token)
+            write_private_atomically(&path, &format!("{token}\n"))
                 .with_context(|| format!("writing the admin token to {}", path.display()))?;
             tracing::info!(file = %path.display(), "no users configured: created user admin; its token is in the file");
             token
@@ -159,14 +161,73 @@ fn admin_user(data_dir: &Path) -> anyhow::Result<User> {
             return Err(e).with_context(|| format!("reading the admin token {}", path.display()));
         }
     };
-    anyhow::ensure!(!token.is_empty(), "the admin token file {} is empty", path.display());
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the admin token file {} is empty; delete it to have a new token generated at the next start, or write a token into it",
+        path.display()
+    );
     Ok(User { id: ADMIN_USER_ID.to_string(), token })
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` to `path` (mode 0600) so that a failure at any point leaves either no file or
+/// the whole file: a temporary file beside it, fsynced, renamed over `path`, then the directory
+/// fsynced so the rename itself survives a crash.
+pub fn write_private_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_atomic_write_leaves_no_half_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("admin.token");
+        write_private_atomically(&path, "first\n").expect("writes");
+        assert_eq!(std::fs::read_to_string(&path).expect("reads"), "first\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The rename fails (the target is a non-empty directory): the write fails, the target
+        // is untouched and no temporary file is left behind.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).expect("mkdir");
+        std::fs::write(blocked.join("x"), "x").expect("write");
+        assert!(write_private_atomically(&blocked, "second\n").is_err());
+        assert!(blocked.is_dir());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn an_empty_token_file_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(ADMIN_TOKEN_FILE), "").expect("write");
+        let e = admin_user(dir.path()).expect_err("empty token");
+        let text = format!("{e:#}");
+        assert!(text.contains("is empty") && text.contains("delete it"), "{text}");
+    }
 }

@@ -53,6 +53,9 @@ pub struct Delivery {
     pub per_target_inflight_max: usize,
     /// Bytes of a target's response body that are read and kept in the dispatch's `calls`.
     pub response_body_bytes_max: usize,
+    /// Calls in flight at once for one user's dispatches, over all their targets, so that one
+    /// user's slow or hanging targets leave the other users `inflight_max - this` slots.
+    pub per_user_inflight_max: usize,
 }
 
 /// Every bound in the process.
@@ -79,6 +82,25 @@ pub struct Limits {
     pub template_output_bytes_max: usize,
     /// Parsed templates kept in memory (one entry per distinct template text).
     pub template_cache_entries_max: usize,
+    /// Open HTTP connections from one peer address; more are closed at once, so one
+    /// client (a slowloris) cannot take every connection slot. Behind a reverse proxy every
+    /// client has the proxy's address: raise it to `connections_max` there.
+    pub connections_per_peer_max: usize,
+    /// Bytes of request bodies and of their rendered dispatches held at once, over all
+    /// requests; a request that would go past it is answered 503 (retry later).
+    pub request_bytes_inflight_max: usize,
+    /// Webhooks one user may have; a create past it is refused (`too-many-webhooks`).
+    pub webhooks_per_user_max: usize,
+    /// Bytes of one payload or headers template, checked at create and update.
+    pub template_bytes_max: usize,
+    /// `{{variables}}` in one template (raw ones, and those in strings when interpolated).
+    pub template_variables_max: usize,
+    /// Dispatches one ingest request (or job report) may create; more refuses it whole.
+    pub dispatches_per_request_max: usize,
+    /// Bytes of rendered payloads and headers one ingest request may produce.
+    pub rendered_bytes_per_request_max: usize,
+    /// Threads that render large requests off the async workers (small ones render inline).
+    pub render_threads: usize,
     /// Time open requests get to finish after SIGTERM before connections are dropped.
     pub shutdown_grace_ms: u64,
 }
@@ -111,6 +133,7 @@ impl Default for Config {
                 inflight_max: 256,
                 per_target_inflight_max: 16,
                 response_body_bytes_max: 2048,
+                per_user_inflight_max: 64,
             },
             limits: Limits {
                 connections_max: 1024,
@@ -123,6 +146,14 @@ impl Default for Config {
                 webhook_pending_max: 32 * 1024,
                 template_output_bytes_max: 4 * 1024 * 1024,
                 template_cache_entries_max: 10_000,
+                connections_per_peer_max: 256,
+                request_bytes_inflight_max: 256 * 1024 * 1024,
+                webhooks_per_user_max: 1000,
+                template_bytes_max: 64 * 1024,
+                template_variables_max: 1000,
+                dispatches_per_request_max: 10_000,
+                rendered_bytes_per_request_max: 64 * 1024 * 1024,
+                render_threads: 2,
                 shutdown_grace_ms: 10_000,
             },
         }
@@ -148,6 +179,7 @@ struct RawDelivery {
     inflight_max: Option<u64>,
     per_target_inflight_max: Option<u64>,
     response_body_bytes_max: Option<u64>,
+    per_user_inflight_max: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -163,6 +195,14 @@ struct RawLimits {
     webhook_pending_max: Option<u64>,
     template_output_bytes_max: Option<u64>,
     template_cache_entries_max: Option<u64>,
+    connections_per_peer_max: Option<u64>,
+    request_bytes_inflight_max: Option<u64>,
+    webhooks_per_user_max: Option<u64>,
+    template_bytes_max: Option<u64>,
+    template_variables_max: Option<u64>,
+    dispatches_per_request_max: Option<u64>,
+    rendered_bytes_per_request_max: Option<u64>,
+    render_threads: Option<u64>,
     shutdown_grace_ms: Option<u64>,
 }
 
@@ -223,6 +263,11 @@ impl Config {
                 "delivery.response_body_bytes_max",
                 rd.response_body_bytes_max,
                 dd.response_body_bytes_max,
+            )?,
+            per_user_inflight_max: size(
+                "delivery.per_user_inflight_max",
+                rd.per_user_inflight_max,
+                dd.per_user_inflight_max,
             )?,
         };
         if delivery.retry_delays_ms.len() > RETRIES_MAX {
@@ -286,6 +331,42 @@ impl Config {
                 rl.template_cache_entries_max,
                 dl.template_cache_entries_max,
             )?,
+            connections_per_peer_max: size(
+                "limits.connections_per_peer_max",
+                rl.connections_per_peer_max,
+                dl.connections_per_peer_max,
+            )?,
+            request_bytes_inflight_max: size(
+                "limits.request_bytes_inflight_max",
+                rl.request_bytes_inflight_max,
+                dl.request_bytes_inflight_max,
+            )?,
+            webhooks_per_user_max: size(
+                "limits.webhooks_per_user_max",
+                rl.webhooks_per_user_max,
+                dl.webhooks_per_user_max,
+            )?,
+            template_bytes_max: size(
+                "limits.template_bytes_max",
+                rl.template_bytes_max,
+                dl.template_bytes_max,
+            )?,
+            template_variables_max: size(
+                "limits.template_variables_max",
+                rl.template_variables_max,
+                dl.template_variables_max,
+            )?,
+            dispatches_per_request_max: size(
+                "limits.dispatches_per_request_max",
+                rl.dispatches_per_request_max,
+                dl.dispatches_per_request_max,
+            )?,
+            rendered_bytes_per_request_max: size(
+                "limits.rendered_bytes_per_request_max",
+                rl.rendered_bytes_per_request_max,
+                dl.rendered_bytes_per_request_max,
+            )?,
+            render_threads: size("limits.render_threads", rl.render_threads, dl.render_threads)?,
             shutdown_grace_ms: positive(
                 "limits.shutdown_grace_ms",
                 rl.shutdown_grace_ms,
@@ -308,6 +389,7 @@ impl Config {
                 inflight_max: Some(self.delivery.inflight_max as u64),
                 per_target_inflight_max: Some(self.delivery.per_target_inflight_max as u64),
                 response_body_bytes_max: Some(self.delivery.response_body_bytes_max as u64),
+                per_user_inflight_max: Some(self.delivery.per_user_inflight_max as u64),
             }),
             limits: Some(RawLimits {
                 connections_max: Some(l.connections_max as u64),
@@ -320,6 +402,14 @@ impl Config {
                 webhook_pending_max: Some(l.webhook_pending_max as u64),
                 template_output_bytes_max: Some(l.template_output_bytes_max as u64),
                 template_cache_entries_max: Some(l.template_cache_entries_max as u64),
+                connections_per_peer_max: Some(l.connections_per_peer_max as u64),
+                request_bytes_inflight_max: Some(l.request_bytes_inflight_max as u64),
+                webhooks_per_user_max: Some(l.webhooks_per_user_max as u64),
+                template_bytes_max: Some(l.template_bytes_max as u64),
+                template_variables_max: Some(l.template_variables_max as u64),
+                dispatches_per_request_max: Some(l.dispatches_per_request_max as u64),
+                rendered_bytes_per_request_max: Some(l.rendered_bytes_per_request_max as u64),
+                render_threads: Some(l.render_threads as u64),
                 shutdown_grace_ms: Some(l.shutdown_grace_ms),
             }),
         }

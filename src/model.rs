@@ -587,6 +587,11 @@ pub fn parse_timestamp_ms(s: &str) -> Option<u64> {
         tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
             let oh = num(i + 1..i + 3)? as i64;
             let om = num(i + 4..i + 6)? as i64;
+            // Real offsets lie within -12:00..+14:00; ISO 8601 and RFC 3339 readers accept up
+            // to 18:00, so anything beyond is a typo (and "+99:99" would shift days).
+            if om > 59 || oh * 60 + om > 18 * 60 {
+                return None;
+            }
             let sign = if tz.starts_with('-') { -1 } else { 1 };
             sign * (oh * 60 + om)
         }
@@ -629,6 +634,8 @@ mod event_tests {
         }
         assert_eq!(parse_timestamp_ms("2026-11-22T13:14:15Z"), Some(1_795_353_255_000));
         assert_eq!(parse_timestamp_ms("2026-11-22T14:14:15.1+01:00"), Some(1_795_353_255_100));
+        assert_eq!(parse_timestamp_ms("2026-11-23T07:14:15+18:00"), Some(1_795_353_255_000));
+        assert_eq!(parse_timestamp_ms("2026-11-21T19:14:15-18:00"), Some(1_795_353_255_000));
         for bad in [
             "",
             "2026-11-22",
@@ -637,6 +644,9 @@ mod event_tests {
             "2026-11-22T13:14:15",
             "x026-11-22T13:14:15Z",
             "2026-11-22T13:14:15.Z",
+            "2026-11-22T13:14:15+18:01",
+            "2026-11-22T13:14:15-99:99",
+            "2026-11-22T13:14:15+01:60",
         ] {
             assert_eq!(parse_timestamp_ms(bad), None, "{bad}");
         }

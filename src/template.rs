@@ -26,6 +26,41 @@ pub enum TemplateError {
     HeaderValueNotString(String),
     #[error("Header name \"{0}\" is not a valid HTTP header name")]
     InvalidHeaderName(String),
+    #[error("Header \"{0}\" is set by the HTTP connection itself and cannot be templated")]
+    HeaderNotAllowed(String),
+    #[error(
+        "Header \"{0}\" has a value that cannot be sent: only visible ASCII characters, spaces and tabs are allowed (no CR, LF or NUL)"
+    )]
+    InvalidHeaderValue(String),
+}
+
+/// Headers that frame the message or belong to one connection (RFC 9110 section 7.6.1):
+/// a template that set them would corrupt the request (a wrong `Content-Length` truncates the
+/// body the receiver reads), so they are refused at create. `Proxy-*` is refused too.
+pub const FRAMING_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "expect",
+    "keep-alive",
+    "te",
+    "trailer",
+];
+
+/// Whether a headers template may not set `name` (compared without case).
+pub fn is_framing_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    FRAMING_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-")
+}
+
+/// A value an HTTP/1.1 sender can put on the wire: visible ASCII, space and tab.
+fn check_header_value(name: &str, value: &str) -> Result<(), TemplateError> {
+    if value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        Ok(())
+    } else {
+        Err(TemplateError::InvalidHeaderValue(name.to_string()))
+    }
 }
 
 /// The values a template can reference.
@@ -82,6 +117,8 @@ enum Body {
 pub struct Template {
     body: Body,
     interpolate_strings: bool,
+    /// Raw variables, plus those inside strings when strings are interpolated.
+    variables: usize,
     /// The compact output written directly, when that gives the same bytes as rendering,
     /// parsing and re-serialising (see `direct_form`).
     direct: Option<Direct>,
@@ -136,11 +173,15 @@ impl Template {
                 (Body::Raw(segments), skeleton)
             }
         };
+        let mut variables = match &body {
+            Body::Static(_) => 0,
+            Body::Raw(segments) => segments.iter().filter(|s| matches!(s, Segment::Var(_))).count(),
+        };
         if interpolate_strings {
-            check_string_variables(&skeleton)?;
+            variables += check_string_variables(&skeleton)?;
         }
         let direct = direct_form(&body, interpolate_strings, &skeleton);
-        Ok((Template { body, interpolate_strings, direct }, skeleton))
+        Ok((Template { body, interpolate_strings, variables, direct }, skeleton))
     }
 
     /// Parses a headers template: like [`Template::parse`], and it must be a JSON object whose
@@ -152,12 +193,26 @@ impl Template {
         };
         for (name, value) in &map {
             check_header_name(name)?;
+            if is_framing_header(name) {
+                return Err(TemplateError::HeaderNotAllowed(name.clone()));
+            }
             match value {
+                // A literal value whose variables are interpolated later is checked then.
+                Value::String(s) if !(interpolate_strings && s.contains("{{")) => {
+                    check_header_value(name, s)?
+                }
                 Value::String(_) | Value::Null => {}
                 _ => return Err(TemplateError::HeaderValueNotString(name.clone())),
             }
         }
         Ok(t)
+    }
+
+    /// How many `{{variables}}` the template has (raw ones, and those in strings when strings
+    /// are interpolated): what a render costs beyond copying the template, so it is bounded
+    /// at create.
+    pub fn variable_count(&self) -> usize {
+        self.variables
     }
 
     /// Renders to a JSON value; errors if the raw text grows past `output_bytes_max`.
@@ -208,8 +263,14 @@ impl Template {
         let mut out = Vec::with_capacity(map.len());
         for (name, value) in map {
             check_header_name(&name)?;
+            if is_framing_header(&name) {
+                return Err(TemplateError::HeaderNotAllowed(name));
+            }
             match value {
-                Value::String(s) => out.push((name, s)),
+                Value::String(s) => {
+                    check_header_value(&name, &s)?;
+                    out.push((name, s))
+                }
                 _ => return Err(TemplateError::HeaderValueNotString(name)),
             }
         }
@@ -224,16 +285,17 @@ fn fill(
     ctx: &Context,
     output_bytes_max: usize,
 ) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(256);
+    // Bytes, not a String: checking UTF-8 after every variable would make the fill quadratic.
+    let mut out: Vec<u8> = Vec::with_capacity(256);
     for s in segments {
         match s {
-            Segment::Text(t) => out.push_str(t),
+            Segment::Text(t) => out.extend_from_slice(t.as_bytes()),
             Segment::Var(name) => {
                 let r = resolve(ctx, name);
                 if r.is_truthy() {
                     r.write_json(&mut out);
                 } else {
-                    out.push_str("null");
+                    out.extend_from_slice(b"null");
                 }
             }
         }
@@ -241,7 +303,8 @@ fn fill(
             return Err(TemplateError::TooLarge(output_bytes_max));
         }
     }
-    Ok(out)
+    // Text segments are &str and serde_json writes UTF-8: this never fails.
+    String::from_utf8(out).map_err(|e| TemplateError::InvalidJson(e.to_string()))
 }
 
 /// The direct form of a template without string interpolation, if it gives exactly the bytes
@@ -351,17 +414,20 @@ fn split_raw_variables(text: &str) -> Result<Vec<Segment>, TemplateError> {
     Ok(segments)
 }
 
-fn check_string_variables(v: &Value) -> Result<(), TemplateError> {
+/// Checks the variables inside strings, and counts them.
+fn check_string_variables(v: &Value) -> Result<usize, TemplateError> {
     match v {
         Value::String(s) => {
+            let mut n = 0;
             for name in string_variables(s) {
                 check_variable(name)?;
+                n += 1;
             }
-            Ok(())
+            Ok(n)
         }
-        Value::Array(a) => a.iter().try_for_each(check_string_variables),
-        Value::Object(m) => m.values().try_for_each(check_string_variables),
-        _ => Ok(()),
+        Value::Array(a) => a.iter().try_fold(0, |n, e| Ok(n + check_string_variables(e)?)),
+        Value::Object(m) => m.values().try_fold(0, |n, e| Ok(n + check_string_variables(e)?)),
+        _ => Ok(0),
     }
 }
 
@@ -456,17 +522,17 @@ impl Resolved<'_> {
         }
     }
 
-    fn write_json(&self, out: &mut String) {
+    fn write_json(&self, out: &mut Vec<u8>) {
         match self {
-            Resolved::Undefined | Resolved::Null => out.push_str("null"),
-            Resolved::Length(n) => out.push_str(&n.to_string()),
+            Resolved::Undefined | Resolved::Null => out.extend_from_slice(b"null"),
+            Resolved::Length(n) => out.extend_from_slice(n.to_string().as_bytes()),
             Resolved::Value(v) => {
-                // Serialising into a String cannot fail; an error would leave `out` as it was.
-                let mut bytes = std::mem::take(out).into_bytes();
-                if serde_json::to_writer(&mut bytes, v).is_err() {
-                    bytes.extend_from_slice(b"null");
+                // Writing into a Vec cannot fail; if it did, `null` keeps the JSON well-formed.
+                let len = out.len();
+                if serde_json::to_writer(&mut *out, v).is_err() {
+                    out.truncate(len);
+                    out.extend_from_slice(b"null");
                 }
-                *out = String::from_utf8(bytes).unwrap_or_default();
             }
         }
     }

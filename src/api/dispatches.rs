@@ -71,13 +71,7 @@ pub async fn test(state: &ApiState, user: &User, id: String) -> Result<Resp, Api
         "message": "This is a test dispatch from hookd.",
         "webhookId": w.id,
     });
-    let parts = EventParts {
-        user_id: &user.id,
-        created_ms: now_ms,
-        event_type: EventType::Test,
-        event_data: &Value::Null,
-        resource: &resource,
-    };
+    let parts = EventParts::new(&user.id, now_ms, EventType::Test, Value::Null, resource);
     let dispatch_id =
         crate::sys::new_time_id(now_ms).map_err(|e| ApiError::Internal(e.to_string()))?;
     let d = state.renderer.dispatch(dispatch_id, &w, &parts, now_ms);

@@ -23,6 +23,12 @@ pub enum ApiError {
     /// 409 with the given error type.
     Conflict(&'static str, String),
     TooLarge(usize),
+    /// A configured budget was hit: the message names the limit and its value.
+    Limit {
+        status: StatusCode,
+        kind: &'static str,
+        message: String,
+    },
     UnsupportedEncoding(String),
     RequestTimeout,
     /// 503: the store refuses writes (shutting down, or stopped by a storage error).
@@ -45,6 +51,13 @@ impl From<StoreError> for ApiError {
                 "concurrent-modification",
                 "The record was changed by another request; retry".into(),
             ),
+            StoreError::TooManyWebhooks(max) => ApiError::Limit {
+                status: StatusCode::BAD_REQUEST,
+                kind: "too-many-webhooks",
+                message: format!(
+                    "You have reached the limit of {max} webhooks (limits.webhooks_per_user_max); delete some before creating more"
+                ),
+            },
             StoreError::Busy => ApiError::Unavailable("The server is busy; retry later".into()),
             StoreError::Unavailable => {
                 ApiError::Unavailable("The store does not accept writes at the moment".into())
@@ -81,6 +94,7 @@ impl ApiError {
                 ),
             ),
             ApiError::Conflict(kind, m) => (StatusCode::CONFLICT, kind, m),
+            ApiError::Limit { status, kind, message } => (status, kind, message),
             ApiError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request-too-large",

@@ -6,15 +6,18 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 use hyper::Response;
+use std::sync::Arc;
+
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::ApiState;
 use super::body::json_response;
 use super::error::ApiError;
-use super::render::EventParts;
+use super::render::{EventParts, Renderer};
 use crate::config::User;
 use crate::model::{
-    EventData, EventType, FieldError, JOB_STATUSES, JobKind, format_timestamp_ms,
+    EventData, EventType, FieldError, JOB_STATUSES, JobKind, Webhook, format_timestamp_ms,
     job_transition_events, parse_timestamp_ms,
 };
 use crate::store::{EventAnswer, JobReport, NewEvent, StoreError};
@@ -34,6 +37,9 @@ struct Incoming {
     data: EventData,
     data_json: Value,
     resource: Value,
+    /// The most bytes one template variable of this event can render to: the compact JSON of
+    /// its resource or eventData, whichever is larger.
+    value_bytes_max: usize,
     created_ms: u64,
     idempotency_key: Option<String>,
 }
@@ -93,7 +99,55 @@ fn kind_of(t: EventType) -> JobKind {
     }
 }
 
-fn parse_event(v: &Value, prefix: &str, now_ms: u64) -> Result<Incoming, ApiError> {
+/// Bytes of the default payload besides the resource and eventData it copies: the keys, the
+/// user id, the time and the event type (generously).
+const DEFAULT_PAYLOAD_OVERHEAD_BYTES: usize = 512;
+
+/// The length of `v`'s compact JSON, without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// How many bytes one variable of the event can render to; refuses (413) an event whose
+/// default payload, which copies its resource and eventData whole, could not be rendered
+/// within `output_bytes_max`: better refused now than accepted and FAILED at once.
+fn value_bytes_max(
+    prefix: &str,
+    data_json: &Value,
+    resource: &Value,
+    output_bytes_max: usize,
+) -> Result<usize, ApiError> {
+    let (data_bytes, resource_bytes) = (json_len(data_json), json_len(resource));
+    if resource_bytes + data_bytes + DEFAULT_PAYLOAD_OVERHEAD_BYTES > output_bytes_max {
+        return Err(ApiError::Limit {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "request-too-large",
+            message: format!(
+                "{prefix}The resource is {resource_bytes} bytes of JSON, so the default payload would be larger than the render limit of {output_bytes_max} bytes (limits.template_output_bytes_max). Nothing was stored"
+            ),
+        });
+    }
+    Ok(resource_bytes.max(data_bytes).max(DEFAULT_PAYLOAD_OVERHEAD_BYTES))
+}
+
+fn parse_event(
+    v: &Value,
+    prefix: &str,
+    now_ms: u64,
+    output_bytes_max: usize,
+) -> Result<Incoming, ApiError> {
     let Some(m) = v.as_object() else {
         return Err(ApiError::InvalidRequest(format!("{prefix}An event must be a JSON object")));
     };
@@ -137,7 +191,7 @@ fn parse_event(v: &Value, prefix: &str, now_ms: u64) -> Result<Incoming, ApiErro
             invalid(
                 prefix,
                 "createdAt",
-                "must be an ISO-8601 time such as 2026-11-22T13:14:15.123Z",
+                "must be an ISO-8601 time such as 2026-11-22T13:14:15.123Z, with an offset (if any) within ±18:00",
             )
         })?,
         Some(_) => return Err(invalid(prefix, "createdAt", "must be a string")),
@@ -158,10 +212,25 @@ fn parse_event(v: &Value, prefix: &str, now_ms: u64) -> Result<Incoming, ApiErro
         }
     };
     let data_json = event_data(kind, &data);
-    Ok(Incoming { event_type, data, data_json, resource, created_ms, idempotency_key })
+    let value_bytes_max = value_bytes_max(prefix, &data_json, &resource, output_bytes_max)?;
+    Ok(Incoming {
+        event_type,
+        data,
+        data_json,
+        resource,
+        value_bytes_max,
+        created_ms,
+        idempotency_key,
+    })
 }
 
-/// Matches and renders events into what the writer stores in one transaction.
+/// Requests whose render is bounded by this many bytes render on their own task; larger ones
+/// go to the render pool (a thread hop costs more than rendering a few small payloads).
+const INLINE_RENDER_BYTES_MAX: usize = 256 * 1024;
+
+/// Matches and renders events into what the writer stores in one transaction, within the
+/// request's budgets: dispatches (checked before any rendering) and rendered bytes (checked
+/// as it renders, so an over-budget request stops early).
 async fn prepare(
     state: &ApiState,
     user: &User,
@@ -169,38 +238,102 @@ async fn prepare(
 ) -> Result<Vec<NewEvent>, ApiError> {
     let keys: Vec<_> = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
     let matches = state.store.match_webhooks(&user.id, &keys);
-    let now_ms = crate::sys::now_ms();
-    let mut out = Vec::with_capacity(events.len());
-    for (e, webhooks) in events.into_iter().zip(matches) {
-        let parts = EventParts {
-            user_id: &user.id,
-            created_ms: e.created_ms,
-            event_type: e.event_type,
-            event_data: &e.data_json,
-            resource: &e.resource,
-        };
-        let mut dispatches = Vec::with_capacity(webhooks.len());
-        for w in &webhooks {
-            dispatches.push(state.renderer.dispatch(new_id(now_ms)?, w, &parts, now_ms));
-        }
-        let record = json!({
-            "userId": user.id,
-            "createdAt": format_timestamp_ms(e.created_ms),
-            "eventType": e.event_type.as_str(),
-            "eventData": e.data_json,
-            "resource": e.resource,
-        });
-        out.push(NewEvent {
-            id: new_id(now_ms)?,
-            user_id: user.id.clone(),
-            created_ms: e.created_ms,
-            event_type: e.event_type,
-            idempotency_key: e.idempotency_key,
-            record_json: Some(record.to_string()),
-            dispatches,
+    let limits = &state.limits;
+    let dispatches: usize = matches.iter().map(Vec::len).sum();
+    if dispatches > limits.dispatches_per_request_max {
+        return Err(ApiError::Limit {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "request-too-large",
+            message: format!(
+                "This request would create {dispatches} dispatches (events times matching webhooks); at most {} are allowed in one request (limits.dispatches_per_request_max). Nothing was stored",
+                limits.dispatches_per_request_max
+            ),
         });
     }
-    Ok(out)
+    let cost = events
+        .iter()
+        .zip(&matches)
+        .flat_map(|(e, ws)| ws.iter().map(|w| state.renderer.cost_bytes(w, e.value_bytes_max)))
+        .fold(0usize, usize::saturating_add);
+    let job = RenderJob {
+        renderer: state.renderer.clone(),
+        user_id: user.id.clone(),
+        events,
+        matches,
+        rendered_bytes_max: limits.rendered_bytes_per_request_max,
+    };
+    if cost <= INLINE_RENDER_BYTES_MAX {
+        job.run()
+    } else {
+        state.render_pool.run(move || job.run()).await.map_err(ApiError::Internal)?
+    }
+}
+
+/// The rendering of one request's events, runnable on any thread.
+struct RenderJob {
+    renderer: Arc<Renderer>,
+    user_id: String,
+    events: Vec<Incoming>,
+    matches: Vec<Vec<Arc<Webhook>>>,
+    rendered_bytes_max: usize,
+}
+
+/// The stored form of an accepted event (the same keys, in the same order, as the API shows).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventRecord<'a> {
+    user_id: &'a str,
+    created_at: String,
+    event_type: &'a str,
+    event_data: &'a Value,
+    resource: &'a Value,
+}
+
+impl RenderJob {
+    fn run(self) -> Result<Vec<NewEvent>, ApiError> {
+        let now_ms = crate::sys::now_ms();
+        let mut rendered_bytes = 0usize;
+        let mut out = Vec::with_capacity(self.events.len());
+        for (e, webhooks) in self.events.into_iter().zip(self.matches) {
+            let record = serde_json::to_string(&EventRecord {
+                user_id: &self.user_id,
+                created_at: format_timestamp_ms(e.created_ms),
+                event_type: e.event_type.as_str(),
+                event_data: &e.data_json,
+                resource: &e.resource,
+            })
+            .map_err(|err| ApiError::Internal(format!("event record: {err}")))?;
+            let parts =
+                EventParts::new(&self.user_id, e.created_ms, e.event_type, e.data_json, e.resource);
+            let mut dispatches = Vec::with_capacity(webhooks.len());
+            for w in &webhooks {
+                let d = self.renderer.dispatch(new_id(now_ms)?, w, &parts, now_ms);
+                rendered_bytes +=
+                    d.body.len() + d.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+                if rendered_bytes > self.rendered_bytes_max {
+                    return Err(ApiError::Limit {
+                        status: StatusCode::PAYLOAD_TOO_LARGE,
+                        kind: "request-too-large",
+                        message: format!(
+                            "The dispatches of this request render to more than {} bytes (limits.rendered_bytes_per_request_max). Nothing was stored",
+                            self.rendered_bytes_max
+                        ),
+                    });
+                }
+                dispatches.push(d);
+            }
+            out.push(NewEvent {
+                id: new_id(now_ms)?,
+                user_id: self.user_id.clone(),
+                created_ms: e.created_ms,
+                event_type: e.event_type,
+                idempotency_key: e.idempotency_key,
+                record_json: Some(record),
+                dispatches,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// A time-ordered id (the store appends dispatches in id order).
@@ -241,7 +374,7 @@ pub async fn ingest(state: &ApiState, user: &User, body: Value) -> Result<Resp, 
     let mut events = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let prefix = if is_array { format!("Event {i}: ") } else { String::new() };
-        events.push(parse_event(item, &prefix, now_ms)?);
+        events.push(parse_event(item, &prefix, now_ms, state.limits.template_output_bytes_max)?);
     }
     let prepared = prepare(state, user, events).await?;
     let answers = state.store.ingest(prepared, None).await?;
@@ -313,6 +446,8 @@ pub async fn put_job(
         }
     }
     let object = Value::Object(object);
+    let value_bytes_max =
+        value_bytes_max("", &Value::Null, &object, state.limits.template_output_bytes_max)?;
     let data = EventData {
         actor_id,
         actor_task_id: task_id,
@@ -336,6 +471,7 @@ pub async fn put_job(
                 data: data.clone(),
                 data_json: data_json.clone(),
                 resource: object.clone(),
+                value_bytes_max,
                 created_ms: now_ms,
                 idempotency_key: None,
             })

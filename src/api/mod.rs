@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Limits, User};
 use crate::store::{DispatchScope, Store, WebhookScope};
 pub use error::ApiError;
-pub use render::Renderer;
+pub use render::{RenderPool, Renderer};
 use routes::{Query, Route};
 
 /// Apify's page size maximum.
@@ -42,7 +42,8 @@ pub struct ApiState {
     pub store: Store,
     pub users: Vec<User>,
     pub limits: Limits,
-    pub renderer: Renderer,
+    pub renderer: Arc<Renderer>,
+    pub render_pool: RenderPool,
 }
 
 /// Serves `listener` until `shutdown` resolves, then lets open requests finish for up to

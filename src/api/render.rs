@@ -2,11 +2,15 @@
 //! template text (a bounded cache, so the many webhooks on the default template share one
 //! entry), rendered per event; a template that cannot render makes the
 //! dispatch FAILED at once, with the reason as its one call's error.
+//!
+//! `RenderPool` runs costly renders on a few blocking threads, so a request whose templates
+//! produce megabytes never holds an async worker (and with it other users' requests).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use crate::model::{Call, Dispatch, DispatchStatus, EventType, Webhook};
 use crate::template::{Context, Template, TemplateError};
@@ -26,14 +30,62 @@ pub struct Renderer {
     output_bytes_max: usize,
 }
 
-/// What a dispatch is made from, besides the webhook.
-pub struct EventParts<'a> {
-    pub user_id: &'a str,
-    pub created_ms: u64,
-    pub event_type: EventType,
-    /// `eventData` (null for TEST).
-    pub event_data: &'a Value,
-    pub resource: &'a Value,
+/// What a dispatch is made from, besides the webhook: built once per event and shared by
+/// all its dispatches.
+pub struct EventParts {
+    user_id: String,
+    event_type: EventType,
+    /// `eventData` as stored in each dispatch (none for TEST).
+    event_data_json: Option<String>,
+    context: Context,
+}
+
+impl EventParts {
+    pub fn new(
+        user_id: &str,
+        created_ms: u64,
+        event_type: EventType,
+        event_data: Value,
+        resource: Value,
+    ) -> EventParts {
+        let created_iso = crate::model::format_timestamp_ms(created_ms);
+        let event_data_json = (!event_data.is_null()).then(|| event_data.to_string());
+        let context = Context::new(
+            user_id,
+            created_ms,
+            &created_iso,
+            event_type.as_str(),
+            event_data,
+            resource,
+        );
+        EventParts { user_id: user_id.to_string(), event_type, event_data_json, context }
+    }
+}
+
+/// Runs renders off the async workers: at most `threads` at once, the others wait their turn
+/// (each waiting request is one connection, so `limits.connections_max` bounds the queue).
+pub struct RenderPool {
+    permits: Arc<Semaphore>,
+}
+
+impl RenderPool {
+    pub fn new(threads: usize) -> RenderPool {
+        RenderPool { permits: Arc::new(Semaphore::new(threads.max(1))) }
+    }
+
+    /// Runs `job` on a blocking thread once one of the pool's permits is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let permit = self.permits.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+        let handle = tokio::task::spawn_blocking(move || {
+            let out = job();
+            drop(permit);
+            out
+        });
+        handle.await.map_err(|e| e.to_string())
+    }
 }
 
 impl Renderer {
@@ -79,39 +131,35 @@ impl Renderer {
         Ok(c)
     }
 
+    /// An upper bound of the bytes `w`'s templates render to when each variable stands for at
+    /// most `value_bytes` bytes: what deciding where to render needs (0 if they do not parse).
+    pub fn cost_bytes(&self, w: &Webhook, value_bytes: usize) -> usize {
+        let Ok(c) = self.compiled(w) else { return 0 };
+        let variables =
+            c.payload.variable_count() + c.headers.as_ref().map_or(0, |h| h.variable_count());
+        let texts = w.payload_template.len() + w.headers_template.as_ref().map_or(0, String::len);
+        texts.saturating_add(variables.saturating_mul(value_bytes))
+    }
+
     /// The dispatch of `event` to `w`, due at once (or FAILED if it cannot be rendered).
-    pub fn dispatch(
-        &self,
-        id: String,
-        w: &Webhook,
-        event: &EventParts<'_>,
-        now_ms: u64,
-    ) -> Dispatch {
-        let created_iso = crate::model::format_timestamp_ms(event.created_ms);
-        let ctx = Context::new(
-            event.user_id,
-            event.created_ms,
-            &created_iso,
-            event.event_type.as_str(),
-            event.event_data.clone(),
-            event.resource.clone(),
-        );
+    pub fn dispatch(&self, id: String, w: &Webhook, event: &EventParts, now_ms: u64) -> Dispatch {
+        let ctx = &event.context;
         let rendered = self.compiled(w).and_then(|c| {
-            let body = c.payload.render_to_string(&ctx, self.output_bytes_max)?;
+            let body = c.payload.render_to_string(ctx, self.output_bytes_max)?;
             let headers = match &c.headers {
-                Some(h) => h.render_headers(&ctx, self.output_bytes_max)?,
+                Some(h) => h.render_headers(ctx, self.output_bytes_max)?,
                 None => Vec::new(),
             };
             Ok((body, headers))
         });
         let mut d = Dispatch {
             id,
-            user_id: event.user_id.to_string(),
+            user_id: event.user_id.clone(),
             webhook_id: w.id.clone(),
             created_ms: now_ms,
             status: DispatchStatus::Active,
             event_type: event.event_type,
-            event_data_json: (!event.event_data.is_null()).then(|| event.event_data.to_string()),
+            event_data_json: event.event_data_json.clone(),
             condition: w.condition.clone(),
             request_url: w.request_url.clone(),
             is_ad_hoc: w.is_ad_hoc,

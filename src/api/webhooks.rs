@@ -11,7 +11,7 @@ use super::body::{empty_response, json_response, page_response};
 use super::error::ApiError;
 use super::routes::Query;
 use super::{ApiState, LIST_LIMIT_MAX};
-use crate::config::User;
+use crate::config::{Limits, User};
 use crate::model::{
     Change, Condition, ConditionKind, EventType, FieldError, Webhook, WebhookDraft, WebhookPatch,
     WebhookStats, format_timestamp_ms,
@@ -22,7 +22,6 @@ use crate::template::Template;
 const REQUEST_URL_CHARS_MAX: usize = 500;
 const DESCRIPTION_CHARS_MAX: usize = 320;
 const IDEMPOTENCY_KEY_CHARS_MAX: usize = 128;
-const TEMPLATE_CHARS_MAX: usize = 1_000_000;
 const CONDITION_ID_CHARS_MAX: usize = 128;
 
 type Resp = Response<Full<Bytes>>;
@@ -62,10 +61,10 @@ pub async fn create(
     body: Map<String, Value>,
     scope: Option<(ConditionKind, String)>,
 ) -> Result<Resp, ApiError> {
-    let draft = parse_create(&body, scope)?;
+    let draft = parse_create(&body, scope, &state.limits)?;
     let id = crate::sys::new_id().map_err(|e| ApiError::Internal(e.to_string()))?;
     let webhook = Webhook::create(id, user.id.clone(), draft, crate::sys::now_ms())?;
-    let created = state.store.create_webhook(webhook).await?;
+    let created = state.store.create_webhook(webhook, state.limits.webhooks_per_user_max).await?;
     let location = format!("/v2/webhooks/{}", created.webhook.id);
     let mut resp = json_response(
         StatusCode::CREATED,
@@ -83,7 +82,7 @@ pub async fn update(
     id: String,
     body: Map<String, Value>,
 ) -> Result<Resp, ApiError> {
-    let patch = parse_patch(&body)?;
+    let patch = parse_patch(&body, &state.limits)?;
     // Templates are checked against the flag they will be rendered with, which may be the
     // stored one. (A concurrent update that flips the flag in between is not re-checked.)
     let touches_templates = patch.payload_template != Change::Keep
@@ -108,7 +107,7 @@ pub async fn update(
             Change::Reset => None,
             Change::Set(t) => Some(t.as_str()),
         };
-        check_templates(payload, headers, interpolate)?;
+        check_templates(payload, headers, interpolate, &state.limits)?;
     }
     let (w, s) = state
         .store
@@ -308,6 +307,11 @@ fn request_url_of(v: &Value) -> Result<String, ApiError> {
     if !host_ok || !port_ok {
         return Err(invalid("requestUrl", RULE));
     }
+    // What the sender will parse: a URL it cannot parse would fail at every call.
+    let uri: http::Uri = s.parse().map_err(|_| invalid("requestUrl", RULE))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("requestUrl", RULE));
+    }
     Ok(s)
 }
 
@@ -315,30 +319,60 @@ fn check_templates(
     payload: Option<&str>,
     headers: Option<&str>,
     interpolate: bool,
+    limits: &Limits,
 ) -> Result<(), ApiError> {
+    let variables_max = limits.template_variables_max;
+    let too_many = |name: &'static str, n: usize| {
+        invalid(
+            name,
+            format!(
+                "has {n} variables; at most {variables_max} are allowed (limits.template_variables_max)"
+            ),
+        )
+    };
     if let Some(t) = payload {
-        Template::parse(t, interpolate)
+        let parsed = Template::parse(t, interpolate)
             .map_err(|e| invalid("payloadTemplate", format!("is not a valid template: {e}")))?;
+        if parsed.variable_count() > variables_max {
+            return Err(too_many("payloadTemplate", parsed.variable_count()));
+        }
     }
     if let Some(t) = headers {
-        Template::parse_headers(t, interpolate)
+        let parsed = Template::parse_headers(t, interpolate)
             .map_err(|e| invalid("headersTemplate", format!("is not a valid template: {e}")))?;
+        if parsed.variable_count() > variables_max {
+            return Err(too_many("headersTemplate", parsed.variable_count()));
+        }
     }
     Ok(())
 }
 
 /// `""` means "not set" for both templates.
-fn template_of(name: &'static str) -> impl Fn(&Value) -> Result<Option<String>, ApiError> {
+fn template_of(
+    name: &'static str,
+    bytes_max: usize,
+) -> impl Fn(&Value) -> Result<Option<String>, ApiError> {
     move |v| {
-        let s = string_of(name, TEMPLATE_CHARS_MAX)(v)?;
-        Ok(if s.is_empty() { None } else { Some(s) })
+        let s = v.as_str().ok_or_else(|| invalid(name, "must be a string"))?;
+        if s.len() > bytes_max {
+            return Err(invalid(
+                name,
+                format!(
+                    "is {} bytes long; at most {bytes_max} bytes are allowed (limits.template_bytes_max)",
+                    s.len()
+                ),
+            ));
+        }
+        Ok(if s.is_empty() { None } else { Some(s.to_string()) })
     }
 }
 
 fn parse_create(
     body: &Map<String, Value>,
     scope: Option<(ConditionKind, String)>,
+    limits: &Limits,
 ) -> Result<WebhookDraft, ApiError> {
+    let template_bytes_max = limits.template_bytes_max;
     let event_types = match field(body, "eventTypes") {
         Some(v) => event_types_of(v)?,
         None => return Err(invalid("eventTypes", "is required")),
@@ -369,14 +403,19 @@ fn parse_create(
     };
     let opt_bool = |name: &'static str| field(body, name).map(bool_of(name)).transpose();
     let should_interpolate_strings = opt_bool("shouldInterpolateStrings")?.unwrap_or(false);
-    let payload_template =
-        field(body, "payloadTemplate").map(template_of("payloadTemplate")).transpose()?.flatten();
-    let headers_template =
-        field(body, "headersTemplate").map(template_of("headersTemplate")).transpose()?.flatten();
+    let payload_template = field(body, "payloadTemplate")
+        .map(template_of("payloadTemplate", template_bytes_max))
+        .transpose()?
+        .flatten();
+    let headers_template = field(body, "headersTemplate")
+        .map(template_of("headersTemplate", template_bytes_max))
+        .transpose()?
+        .flatten();
     check_templates(
         Some(payload_template.as_deref().unwrap_or(crate::model::DEFAULT_PAYLOAD_TEMPLATE)),
         headers_template.as_deref(),
         should_interpolate_strings,
+        limits,
     )?;
     let idempotency_key = field(body, "idempotencyKey")
         .map(string_of("idempotencyKey", IDEMPOTENCY_KEY_CHARS_MAX))
@@ -401,10 +440,10 @@ fn parse_create(
     })
 }
 
-fn parse_patch(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
+fn parse_patch(body: &Map<String, Value>, limits: &Limits) -> Result<WebhookPatch, ApiError> {
     // An empty template means "back to the default", like null.
     let template = |name: &'static str| -> Result<Change<String>, ApiError> {
-        Ok(match change(body, name, template_of(name))? {
+        Ok(match change(body, name, template_of(name, limits.template_bytes_max))? {
             Change::Set(None) => Change::Reset,
             Change::Set(Some(t)) => Change::Set(t),
             Change::Keep => Change::Keep,
@@ -457,6 +496,8 @@ mod tests {
             "http://[zz]/",
             "https://ex\u{e9}.com",
             "http://x.com/\n",
+            "http://127.0.0.1:8080\\@evil/",
+            "http://a.com\\x",
         ] {
             assert!(request_url_of(&json!(bad)).is_err(), "{bad:?}");
         }

@@ -34,11 +34,14 @@ pub struct Scheduler {
     // passes, when this is the only reference, so `make_mut` never copies either.
     in_flight: Arc<HashSet<String>>,
     per_target: Arc<HashMap<String, usize>>,
-    /// Dispatches in flight whose call still holds a slot of its target.
-    holding: HashSet<String>,
+    per_user: Arc<HashMap<String, usize>>,
+    /// Dispatches in flight whose call still holds a slot of its target and of its user:
+    /// dispatch id -> user id.
+    holding: HashMap<String, String>,
     start_after: Option<String>,
     inflight_max: usize,
     per_target_inflight_max: usize,
+    per_user_inflight_max: usize,
 }
 
 /// One pass's work: dispatches to call now (already counted in flight) and the next due time.
@@ -48,14 +51,20 @@ pub struct Pass {
 }
 
 impl Scheduler {
-    pub fn new(inflight_max: usize, per_target_inflight_max: usize) -> Scheduler {
+    pub fn new(
+        inflight_max: usize,
+        per_target_inflight_max: usize,
+        per_user_inflight_max: usize,
+    ) -> Scheduler {
         Scheduler {
             in_flight: Arc::new(HashSet::new()),
             per_target: Arc::new(HashMap::new()),
-            holding: HashSet::new(),
+            per_user: Arc::new(HashMap::new()),
+            holding: HashMap::new(),
             start_after: None,
             inflight_max,
             per_target_inflight_max,
+            per_user_inflight_max,
         }
     }
 
@@ -71,6 +80,8 @@ impl Scheduler {
                 in_flight: self.in_flight.clone(),
                 per_target: self.per_target.clone(),
                 per_target_max: self.per_target_inflight_max,
+                per_user: self.per_user.clone(),
+                per_user_max: self.per_user_inflight_max,
                 take_max: free,
                 start_after: self.start_after.clone(),
             })
@@ -80,10 +91,12 @@ impl Scheduler {
         }
         let in_flight = Arc::make_mut(&mut self.in_flight);
         let per_target = Arc::make_mut(&mut self.per_target);
+        let per_user = Arc::make_mut(&mut self.per_user);
         for (target, d) in &due.dispatches {
             in_flight.insert(d.id.clone());
-            self.holding.insert(d.id.clone());
+            self.holding.insert(d.id.clone(), d.user_id.clone());
             *per_target.entry(target.clone()).or_default() += 1;
+            *per_user.entry(d.user_id.clone()).or_default() += 1;
         }
         Ok(Pass { calls: due.dispatches, next_due_ms: due.next_due_ms })
     }
@@ -91,16 +104,11 @@ impl Scheduler {
     /// A call's HTTP exchange ended: its target may take another call, though its outcome is
     /// not committed yet (the dispatch stays in flight until it is). Once per call at most.
     pub fn free_target(&mut self, id: &str, target: &str) {
-        if !self.holding.remove(id) {
+        let Some(user) = self.holding.remove(id) else {
             return;
-        }
-        let per_target = Arc::make_mut(&mut self.per_target);
-        if let Some(n) = per_target.get_mut(target) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                per_target.remove(target);
-            }
-        }
+        };
+        release(Arc::make_mut(&mut self.per_target), target);
+        release(Arc::make_mut(&mut self.per_user), &user);
     }
 
     /// A call ended and its outcome is committed (or given up): the dispatch may be taken again.
@@ -111,6 +119,21 @@ impl Scheduler {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Calls holding a slot of `user` now.
+    pub fn user_holding(&self, user: &str) -> usize {
+        self.per_user.get(user).copied().unwrap_or(0)
+    }
+}
+
+/// One slot of `key` is free again; a count of zero leaves the map.
+fn release(counts: &mut HashMap<String, usize>, key: &str) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -140,6 +163,7 @@ pub struct Dispatcher {
     pub retry_delays_ms: Arc<Vec<u64>>,
     pub inflight_max: usize,
     pub per_target_inflight_max: usize,
+    pub per_user_inflight_max: usize,
     /// After shutdown is asked for, calls in flight get this long to finish and be recorded.
     pub shutdown_grace_ms: u64,
 }
@@ -148,7 +172,11 @@ impl Dispatcher {
     /// Runs until `shutdown`; then lets calls in flight finish within the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let outbox_changed = self.store.outbox_changed();
-        let mut scheduler = Scheduler::new(self.inflight_max, self.per_target_inflight_max);
+        let mut scheduler = Scheduler::new(
+            self.inflight_max,
+            self.per_target_inflight_max,
+            self.per_user_inflight_max,
+        );
         let mut calls: JoinSet<()> = JoinSet::new();
         let mut flights: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         // Calls say here when their HTTP exchange is over, before their outcome is committed:

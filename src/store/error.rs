@@ -13,6 +13,9 @@ pub enum StoreError {
     /// The record changed since it was read (a job's status moved); read again and retry.
     #[error("the record changed meanwhile")]
     Conflict,
+    /// The user already has this many webhooks (the limit).
+    #[error("the user has reached the limit of {0} webhooks")]
+    TooManyWebhooks(usize),
     /// The write queue is full.
     #[error("the write queue is full")]
     Busy,

@@ -196,6 +196,9 @@ pub struct DueRequest {
     /// Calls in flight per target.
     pub per_target: Arc<HashMap<String, usize>>,
     pub per_target_max: usize,
+    /// Calls in flight per user (the dispatch's owner).
+    pub per_user: Arc<HashMap<String, usize>>,
+    pub per_user_max: usize,
     /// At most this many dispatches in all.
     pub take_max: usize,
     /// Targets are served from just after this one, round robin, so no target is always first.
@@ -338,8 +341,14 @@ impl Store {
     }
 
     /// Stores a new webhook, or returns the one an earlier create with the same key made.
-    pub async fn create_webhook(&self, webhook: Webhook) -> Result<Created, StoreError> {
-        self.write(|reply| WriteOp::CreateWebhook { webhook, reply }).await
+    /// Refused with `TooManyWebhooks` when the user already has `webhooks_max` (checked in
+    /// the writer's transaction, so racing creates cannot pass it).
+    pub async fn create_webhook(
+        &self,
+        webhook: Webhook,
+        webhooks_max: usize,
+    ) -> Result<Created, StoreError> {
+        self.write(|reply| WriteOp::CreateWebhook { webhook, webhooks_max, reply }).await
     }
 
     pub async fn update_webhook(
@@ -464,14 +473,17 @@ impl Store {
     }
 
     /// Due dispatches for one scheduler pass: per target, skipping those in flight, at most
-    /// `per_target_max` in flight per target and `take_max` in all. A target at its bound is
-    /// not read at all, so a dead target's backlog costs a pass nothing.
+    /// `per_target_max` in flight per target, `per_user_max` per user and `take_max` in all.
+    /// A target at its bound is not read at all, so a dead target's backlog costs a pass
+    /// nothing; a target whose next due dispatch belongs to a user at its bound is left after
+    /// that one read, until the next pass.
     pub async fn due_dispatches(&self, req: DueRequest) -> Result<Due, StoreError> {
         self.read(move |rtx| {
             let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
             let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
             let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
             let mut due = Due::default();
+            let mut taken_per_user: HashMap<String, usize> = HashMap::new();
             let start = req.start_after.clone().map(|t| t + "\u{0}").unwrap_or_default();
             // Two sweeps: targets after `start_after`, then from the first target up to it.
             for (from, until) in [(start.clone(), None), (String::new(), Some(start))] {
@@ -516,6 +528,14 @@ impl Store {
                         let Some(d) = read_dispatch(&requests, &states, id)? else {
                             return Err(StoreError::Corrupt(format!("outbox names missing {id}")));
                         };
+                        let user_busy = req.per_user.get(&d.user_id).copied().unwrap_or(0)
+                            + taken_per_user.get(&d.user_id).copied().unwrap_or(0);
+                        if user_busy >= req.per_user_max {
+                            // Its owner has every slot it may hold: leave the target for now
+                            // (a later pass takes it once that user's calls end).
+                            break;
+                        }
+                        *taken_per_user.entry(d.user_id.clone()).or_default() += 1;
                         due.dispatches.push((target.clone(), d));
                         free -= 1;
                     }

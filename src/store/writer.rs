@@ -25,6 +25,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(crate) enum WriteOp {
     CreateWebhook {
         webhook: Webhook,
+        webhooks_max: usize,
         reply: Reply<Created>,
     },
     UpdateWebhook {
@@ -458,7 +459,9 @@ fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreErr
             let marked = b.meta.insert(META_CLEAN_CLOSE, 1).map(|_| ()).map_err(storage);
             (None, marked.err())
         }
-        WriteOp::CreateWebhook { webhook, reply } => settle(reply, create(b, webhook)),
+        WriteOp::CreateWebhook { webhook, webhooks_max, reply } => {
+            settle(reply, create(b, webhook, webhooks_max))
+        }
         WriteOp::UpdateWebhook { user_id, id, patch, now_ms, reply } => {
             settle(reply, update(b, &user_id, &id, &patch, now_ms))
         }
@@ -475,7 +478,7 @@ fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreErr
 /// Outer `Err`: storage failure (aborts the batch). Inner: this op's own answer.
 type OpResult<T> = Result<Result<T, StoreError>, StoreError>;
 
-fn create(b: &mut Batch<'_, '_>, w: Webhook) -> OpResult<Created> {
+fn create(b: &mut Batch<'_, '_>, w: Webhook, webhooks_max: usize) -> OpResult<Created> {
     if let Some(key) = &w.idempotency_key {
         let existing = b
             .webhook_idem
@@ -488,6 +491,15 @@ fn create(b: &mut Batch<'_, '_>, w: Webhook) -> OpResult<Created> {
             };
             return Ok(Ok(Created { webhook, stats, replayed: true }));
         }
+    }
+    // Counted up to the limit only: a create costs at most `webhooks_max` index reads.
+    let user = w.user_id.as_str();
+    let range =
+        b.webhooks_by_user.range((user, 0u64, "")..=(user, u64::MAX, ID_MAX)).map_err(storage)?;
+    if range.take(webhooks_max).count() >= webhooks_max {
+        return Ok(Err(StoreError::TooManyWebhooks(webhooks_max)));
+    }
+    if let Some(key) = &w.idempotency_key {
         b.webhook_idem
             .insert((w.user_id.as_str(), key.as_str()), w.id.as_str())
             .map_err(storage)?;

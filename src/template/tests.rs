@@ -201,6 +201,36 @@ fn headers_templates() {
 }
 
 #[test]
+fn headers_a_sender_cannot_send_are_refused() {
+    let h = |t: &str, i: bool| Template::parse_headers(t, i);
+    for name in [
+        "Content-Length",
+        "transfer-encoding",
+        "Connection",
+        "Upgrade",
+        "Expect",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Proxy-Authorization",
+    ] {
+        let text = format!(r#"{{"{name}": "5"}}"#);
+        assert_eq!(h(&text, false), Err(TemplateError::HeaderNotAllowed(name.into())), "{name}");
+    }
+    for value in [r#""a\rb""#, r#""a\nb""#, r#""a\u0000b""#, r#""caf\u00e9""#, r#""\u007f""#] {
+        let text = format!(r#"{{"X": {value}}}"#);
+        assert_eq!(h(&text, false), Err(TemplateError::InvalidHeaderValue("X".into())), "{text}");
+    }
+    assert!(h(r#"{"X": "a\tb ~!"}"#, false).is_ok());
+    // Values from variables are checked when rendered: the dispatch fails with the reason.
+    let t = h(r#"{"X": "{{resource.bad}}"}"#, true).expect("valid");
+    let mut vars = Map::new();
+    vars.insert("resource".into(), json!({"bad": "a\r\nInjected: 1"}));
+    let bad_ctx = Context::from_map(vars);
+    assert_eq!(t.render_headers(&bad_ctx, MAX), Err(TemplateError::InvalidHeaderValue("X".into())));
+}
+
+#[test]
 fn output_is_capped() {
     let t = Template::parse("[{{resource}}, {{resource}}, {{resource}}]", false).expect("valid");
     assert!(matches!(t.render(&ctx(), 100), Err(TemplateError::TooLarge(_))));

@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod hostile;
+mod limits;
 mod security;
 mod sim;
 mod storage;

@@ -7,7 +7,7 @@
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 1000); `SIM_SEED=S` runs only seed S.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use hookd::delivery::policy::Outcome;
@@ -67,6 +67,10 @@ struct Sim {
     store: Option<Store>,
     writer: Option<WriterHandle>,
     scheduler: Scheduler,
+    /// The scheduler's bounds: calls per target and per user holding a slot.
+    caps: (usize, usize),
+    /// Calls in `pending` whose HTTP exchange has ended (their slots are free).
+    freed: HashSet<String>,
     webhooks: Vec<Webhook>,
     known: HashMap<String, Known>,
     pending: Vec<(String, Dispatch)>,
@@ -181,6 +185,27 @@ impl Sim {
             }
             self.pending.push((target, d));
         }
+        // The bounds hold: slots held per target and per user (two users share the targets).
+        let mut per_target: HashMap<&str, usize> = HashMap::new();
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        for (target, d) in self.pending.iter().filter(|(_, d)| !self.freed.contains(&d.id)) {
+            *per_target.entry(target).or_default() += 1;
+            *per_user.entry(&d.user_id).or_default() += 1;
+        }
+        if let Some((t, n)) = per_target.iter().find(|(_, n)| **n > self.caps.0) {
+            self.fail(format!("{n} calls hold slots of target {t}; the bound is {}", self.caps.0));
+        }
+        if let Some((u, n)) = per_user.iter().find(|(_, n)| **n > self.caps.1) {
+            self.fail(format!("{n} calls hold slots of user {u}; the bound is {}", self.caps.1));
+        }
+        for (u, n) in per_user {
+            if self.scheduler.user_holding(u) != n {
+                self.fail(format!(
+                    "scheduler counts {} for {u}, {n} hold",
+                    self.scheduler.user_holding(u)
+                ));
+            }
+        }
     }
 
     /// A call's HTTP exchange ends before its outcome is recorded: its target's slot is free,
@@ -192,6 +217,7 @@ impl Sim {
         let i = self.rng.below(self.pending.len() as u64) as usize;
         let (target, d) = &self.pending[i];
         self.scheduler.free_target(&d.id, target);
+        self.freed.insert(d.id.clone());
     }
 
     async fn complete_one(&mut self, force_ok: bool) {
@@ -200,6 +226,7 @@ impl Sim {
         }
         let i = self.rng.below(self.pending.len() as u64) as usize;
         let (target, d) = self.pending.swap_remove(i);
+        self.freed.remove(&d.id);
         let roll = self.rng.below(100);
         let took = self.rng.below(50);
         let (outcome, status, error) = match roll {
@@ -255,8 +282,8 @@ impl Sim {
         self.webhooks_changed = true;
         // Everything in memory is gone: calls in flight are never recorded.
         self.pending.clear();
-        self.scheduler =
-            Scheduler::new(1 + self.rng.below(8) as usize, 1 + self.rng.below(4) as usize);
+        self.freed.clear();
+        (self.scheduler, self.caps) = new_scheduler(&mut self.rng);
         if let Some(w) = self.writer.take() {
             w.close().await;
         }
@@ -334,7 +361,7 @@ impl Sim {
                 self.known.iter().filter(|(_, k)| k.webhook_id == w.id).map(|(id, _)| id).collect();
             // Sim ids grow with creation, and the sim commits one ingest at a time.
             ids.sort();
-            let (_, stats) = match self.store().get_webhook("u".into(), w.id.clone()).await {
+            let (_, stats) = match self.store().get_webhook(w.user_id.clone(), w.id.clone()).await {
                 Ok(Some(pair)) => pair,
                 other => self.fail(format!("get_webhook {}: {other:?}", w.id)),
             };
@@ -355,7 +382,7 @@ impl Sim {
             }
             let page = PageRequest { offset: 0, limit: u64::MAX, desc: false };
             let scope = DispatchScope::Webhook(w.id.clone());
-            let listed = match self.store().list_dispatches("u".into(), scope, page).await {
+            let listed = match self.store().list_dispatches(w.user_id.clone(), scope, page).await {
                 Ok(p) => p,
                 Err(e) => self.fail(format!("list_dispatches {}: {e}", w.id)),
             };
@@ -368,6 +395,14 @@ impl Sim {
             }
         }
     }
+}
+
+/// A scheduler with random bounds: (scheduler, (per target, per user)).
+fn new_scheduler(rng: &mut Rng) -> (Scheduler, (usize, usize)) {
+    let inflight = 1 + rng.below(8) as usize;
+    let per_target = 1 + rng.below(4) as usize;
+    let per_user = 1 + rng.below(4) as usize;
+    (Scheduler::new(inflight, per_target, per_user), (per_target, per_user))
 }
 
 async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
@@ -384,11 +419,12 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
             do_not_retry,
             ..WebhookDraft::default()
         };
-        let w = Webhook::create(format!("w{i:016}"), "u".into(), draft, 0).expect("valid webhook");
-        store.create_webhook(w.clone()).await.expect("create webhook");
+        let user = if i % 2 == 0 { "u" } else { "v" };
+        let w = Webhook::create(format!("w{i:016}"), user.into(), draft, 0).expect("valid webhook");
+        store.create_webhook(w.clone(), usize::MAX).await.expect("create webhook");
         webhooks.push(w);
     }
-    let scheduler = Scheduler::new(1 + rng.below(8) as usize, 1 + rng.below(4) as usize);
+    let (scheduler, caps) = new_scheduler(&mut rng);
     let mut sim = Sim {
         rng,
         seed,
@@ -396,6 +432,8 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         store: Some(store),
         writer: Some(writer),
         scheduler,
+        caps,
+        freed: HashSet::new(),
         webhooks,
         known: HashMap::new(),
         pending: Vec::new(),
