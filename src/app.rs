@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::{self, ApiState, RenderPool, Renderer};
+use crate::api::{self, ApiState, ByteBudget, RenderPool, Renderer};
 use crate::config::{Config, User};
 use crate::delivery::Dispatcher;
 use crate::delivery::sender::{Sender, SenderConfig};
@@ -114,6 +114,7 @@ pub async fn run_on(
             config.limits.template_output_bytes_max,
         )),
         render_pool: RenderPool::new(config.limits.render_threads),
+        request_bytes: ByteBudget::new(config.limits.request_bytes_inflight_max),
     });
     {
         let mut out = std::io::stdout().lock();

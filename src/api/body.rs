@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::Response;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
+use super::budget::Charge;
 use super::error::ApiError;
 
 pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
@@ -46,32 +47,58 @@ pub fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Reads the whole body: at most `max` bytes on the wire and `max` bytes after decoding.
+/// The answer when the shared budget of request bytes is spent.
+pub fn budget_spent(budget_max: usize) -> ApiError {
+    ApiError::Unavailable(format!(
+        "The server holds its limit of {budget_max} bytes of requests in progress (limits.request_bytes_inflight_max); retry later"
+    ))
+}
+
+/// Reads the whole body: at most `max` bytes on the wire and `max` bytes after decoding,
+/// every byte held charged to `charge` (the budget shared by all requests).
 pub async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     max: usize,
     timeout: Duration,
+    charge: &mut Charge,
+    budget_max: usize,
 ) -> Result<Vec<u8>, ApiError> {
     let encodings = content_encodings(headers)?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
     if declared.and_then(|len| len.trim().parse::<u64>().ok()).is_some_and(|n| n > max as u64) {
         return Err(ApiError::TooLarge(max));
     }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
-        .await
-        .map_err(|_| ApiError::RequestTimeout)?
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ApiError::TooLarge(max)
-            } else {
+    let read = async {
+        let mut body = body;
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
                 ApiError::InvalidRequest(format!("Could not read the request body: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else { continue };
+            if buf.len() + data.len() > max {
+                return Err(ApiError::TooLarge(max));
             }
-        })?;
-    let mut bytes = collected.to_bytes().to_vec();
-    // Encodings are listed in the order they were applied: undo them from the last.
+            if !charge.grow(data.len()) {
+                return Err(budget_spent(budget_max));
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf)
+    };
+    let mut bytes =
+        tokio::time::timeout(timeout, read).await.map_err(|_| ApiError::RequestTimeout)??;
+    // Encodings are listed in the order they were applied: undo them from the last. The
+    // decoder may write up to `max` bytes: that is charged first, the surplus given back.
     for enc in encodings.iter().rev() {
-        bytes = decode(enc, &bytes, max)?;
+        if !charge.grow(max) {
+            return Err(budget_spent(budget_max));
+        }
+        let decoded = decode(enc, &bytes, max);
+        charge.shrink(max - decoded.as_ref().map_or(0, Vec::len));
+        charge.shrink(bytes.len());
+        bytes = decoded?;
         tracing::debug!(encoding = enc.name(), decoded_bytes = bytes.len(), "decoded request body");
     }
     Ok(bytes)

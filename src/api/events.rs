@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::ApiState;
+use super::body::budget_spent;
 use super::body::json_response;
+use super::budget::Charge;
 use super::error::ApiError;
 use super::render::{EventParts, Renderer};
 use crate::config::User;
@@ -235,7 +237,8 @@ async fn prepare(
     state: &ApiState,
     user: &User,
     events: Vec<Incoming>,
-) -> Result<Vec<NewEvent>, ApiError> {
+    charge: Charge,
+) -> Result<(Vec<NewEvent>, Charge), ApiError> {
     let keys: Vec<_> = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
     let matches = state.store.match_webhooks(&user.id, &keys);
     let limits = &state.limits;
@@ -261,6 +264,7 @@ async fn prepare(
         events,
         matches,
         rendered_bytes_max: limits.rendered_bytes_per_request_max,
+        charge,
     };
     if cost <= INLINE_RENDER_BYTES_MAX {
         job.run()
@@ -276,6 +280,8 @@ struct RenderJob {
     events: Vec<Incoming>,
     matches: Vec<Vec<Arc<Webhook>>>,
     rendered_bytes_max: usize,
+    /// The rendered bytes are held until the request is answered: charged here as rendered.
+    charge: Charge,
 }
 
 /// The stored form of an accepted event (the same keys, in the same order, as the API shows).
@@ -290,7 +296,7 @@ struct EventRecord<'a> {
 }
 
 impl RenderJob {
-    fn run(self) -> Result<Vec<NewEvent>, ApiError> {
+    fn run(mut self) -> Result<(Vec<NewEvent>, Charge), ApiError> {
         let now_ms = crate::sys::now_ms();
         let mut rendered_bytes = 0usize;
         let mut out = Vec::with_capacity(self.events.len());
@@ -308,8 +314,9 @@ impl RenderJob {
             let mut dispatches = Vec::with_capacity(webhooks.len());
             for w in &webhooks {
                 let d = self.renderer.dispatch(new_id(now_ms)?, w, &parts, now_ms);
-                rendered_bytes +=
+                let bytes =
                     d.body.len() + d.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+                rendered_bytes += bytes;
                 if rendered_bytes > self.rendered_bytes_max {
                     return Err(ApiError::Limit {
                         status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -319,6 +326,9 @@ impl RenderJob {
                             self.rendered_bytes_max
                         ),
                     });
+                }
+                if !self.charge.grow(bytes) {
+                    return Err(budget_spent(self.charge.budget_max()));
                 }
                 dispatches.push(d);
             }
@@ -332,7 +342,7 @@ impl RenderJob {
                 dispatches,
             });
         }
-        Ok(out)
+        Ok((out, self.charge))
     }
 }
 
@@ -351,7 +361,12 @@ fn answer_json(a: &EventAnswer) -> Value {
 }
 
 /// `POST /v2/webhook-events`.
-pub async fn ingest(state: &ApiState, user: &User, body: Value) -> Result<Resp, ApiError> {
+pub async fn ingest(
+    state: &ApiState,
+    user: &User,
+    body: Value,
+    charge: Charge,
+) -> Result<Resp, ApiError> {
     let now_ms = crate::sys::now_ms();
     let (items, is_array) = match body {
         Value::Array(items) => (items, true),
@@ -376,7 +391,7 @@ pub async fn ingest(state: &ApiState, user: &User, body: Value) -> Result<Resp, 
         let prefix = if is_array { format!("Event {i}: ") } else { String::new() };
         events.push(parse_event(item, &prefix, now_ms, state.limits.template_output_bytes_max)?);
     }
-    let prepared = prepare(state, user, events).await?;
+    let (prepared, _rendered) = prepare(state, user, events, charge).await?;
     let answers = state.store.ingest(prepared, None).await?;
     let data = if is_array {
         Value::Array(answers.iter().map(answer_json).collect())
@@ -476,7 +491,8 @@ pub async fn put_job(
                 idempotency_key: None,
             })
             .collect();
-        let prepared = prepare(state, user, events).await?;
+        let (prepared, _rendered) =
+            prepare(state, user, events, state.request_bytes.charge()).await?;
         let report = JobReport {
             user_id: user.id.clone(),
             kind,

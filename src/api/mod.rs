@@ -2,6 +2,7 @@
 //! graceful shutdown) and the dispatch of each request to its route.
 
 mod body;
+mod budget;
 mod dispatches;
 mod error;
 mod events;
@@ -9,9 +10,11 @@ mod render;
 mod routes;
 mod webhooks;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Limits, User};
 use crate::store::{DispatchScope, Store, WebhookScope};
+pub use budget::ByteBudget;
 pub use error::ApiError;
 pub use render::{RenderPool, Renderer};
 use routes::{Query, Route};
@@ -44,6 +48,8 @@ pub struct ApiState {
     pub limits: Limits,
     pub renderer: Arc<Renderer>,
     pub render_pool: RenderPool,
+    /// Bytes held by requests in progress (`limits.request_bytes_inflight_max`).
+    pub request_bytes: Arc<ByteBudget>,
 }
 
 /// Serves `listener` until `shutdown` resolves, then lets open requests finish for up to
@@ -54,6 +60,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(state.limits.connections_max));
+    let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(state.limits.header_read_timeout_ms))
@@ -71,9 +78,9 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning or exiting.
                     tracing::warn!(error = %e, "accept failed");
@@ -82,6 +89,14 @@ pub async fn serve(
                 }
             },
             _ = &mut shutdown => break,
+        };
+        let Some(peer_slot) =
+            PeerSlot::take(&peers, peer.ip(), state.limits.connections_per_peer_max)
+        else {
+            // Over its share: closed at once, so one peer cannot hold every connection slot.
+            tracing::debug!(%peer, "connection refused: too many open from this address");
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -92,6 +107,7 @@ pub async fn serve(
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(peer_slot);
             drop(permit);
         });
     }
@@ -99,6 +115,45 @@ pub async fn serve(
     let grace = Duration::from_millis(state.limits.shutdown_grace_ms);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("open connections did not finish within the shutdown grace period");
+    }
+}
+
+/// One open connection counted against its peer address; the count drops with it.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip`, unless it already has `max` open connections. The map holds one entry
+    /// per address with an open connection: at most `limits.connections_max`.
+    fn take(
+        peers: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<PeerSlot> {
+        let mut map = peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let open = map.entry(ip).or_default();
+        if *open >= max {
+            if *open == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot { peers: peers.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -123,15 +178,22 @@ async fn route(
         return Err(ApiError::MethodNotAllowed(route.allowed_text()));
     }
     let user = routes::authenticate(&state.users, &parts.headers, &query)?;
-    let read_bytes = |body: Incoming| {
+    // Everything this request holds (body, rendered dispatches) is charged here until it is
+    // answered.
+    let mut charge = state.request_bytes.charge();
+    let budget_max = state.request_bytes.max();
+    let mut read_bytes = async |body: Incoming| {
         body::read_body(
             &parts.headers,
             body,
             state.limits.body_bytes_max,
             Duration::from_millis(state.limits.body_read_timeout_ms),
+            &mut charge,
+            budget_max,
         )
+        .await
     };
-    let read_json = |body: Incoming| async { body::json_object(&read_bytes(body).await?) };
+    let mut read_json = async |body: Incoming| body::json_object(&read_bytes(body).await?);
     match (route, &parts.method) {
         (Route::Webhooks, &Method::GET) => {
             webhooks::list(state, user, WebhookScope::All, &query).await
@@ -156,7 +218,9 @@ async fn route(
         (Route::Dispatch(id), _) => dispatches::get(state, user, id).await,
         (Route::Events, _) => {
             let bytes = read_bytes(body).await?;
-            events::ingest(state, user, body::json_value(&bytes)?).await
+            let value = body::json_value(&bytes)?;
+            drop(bytes);
+            events::ingest(state, user, value, state.request_bytes.charge()).await
         }
         (Route::Job(kind, id), &Method::GET) => events::get_job(state, user, kind, id).await,
         (Route::Job(kind, id), _) => {

@@ -283,14 +283,19 @@ proptest! {
     #[test]
     fn random_contexts_never_panic(resource in json_value(), path in "[a-z0-9.]{0,12}") {
         let c = Context::new("u", 0, "1970-01-01T00:00:00.000Z", "TEST", Value::Null, resource);
-        for text in [
-            format!("{{\"a\": {{{{resource.{path}}}}}}}"),
-            format!("{{\"a\": \"{{{{resource.{path}}}}}\", \"b\": \"x{{{{resource}}}}\"}}"),
-        ] {
-            if let Ok(t) = Template::parse(&text, true) {
-                let _ = t.render(&c, MAX);
-            }
+        let raw = format!("{{\"a\": {{{{resource.{path}}}}}}}");
+        let in_strings =
+            format!("{{\"a\": \"{{{{resource.{path}}}}}\", \"b\": \"x{{{{resource}}}}\"}}");
+        for text in [&raw, &in_strings] {
+            // Every generated path is a valid variable: parsing must succeed, and so must
+            // rendering (the values are far below the cap).
+            let t = Template::parse(text, true).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            let out = t.render(&c, MAX).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert!(out.is_object(), "{text}: {out}");
         }
+        // Without interpolation, the direct form and the slow path give the same bytes.
+        let t = Template::parse(&raw, false).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(t.render_to_string(&c, MAX), slow(&t, &c));
     }
 }
 

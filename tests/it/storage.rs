@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hookd::config::{Config, Delivery, Limits, User};
@@ -80,19 +80,15 @@ impl StorageBackend for FaultyBackend {
     }
 }
 
-/// Everything the in-process daemons log, for the checks below.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let writer_buf = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer_buf.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buf
-    })
+/// A log subscriber that writes into `buf`: each in-process daemon logs into its own buffer
+/// (set as the default on its runtime's threads), so parallel tests never read each other's
+/// lines.
+fn subscriber(buf: &Arc<Mutex<Vec<u8>>>) -> impl tracing::Subscriber + Send + Sync + 'static {
+    let writer_buf = buf.clone();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || LogWriter(writer_buf.clone()))
+        .finish()
 }
 
 struct LogWriter(Arc<Mutex<Vec<u8>>>);
@@ -121,33 +117,44 @@ fn config(dir: &std::path::Path, port: u16) -> Config {
 
 struct Running {
     addr: SocketAddr,
+    /// What this daemon logged.
+    log: Arc<Mutex<Vec<u8>>>,
     stop: tokio::sync::oneshot::Sender<()>,
     result: std::thread::JoinHandle<Result<(), String>>,
 }
 
 /// Runs the app in-process on `storage`, until `stop` is sent or it fails.
 fn start(dir: &std::path::Path, storage: Storage) -> Running {
-    logs();
+    let log: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let thread_log = log.clone();
     let port = free_port();
     let cfg = config(dir, port);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let result = std::thread::spawn(move || {
+        let worker_log = thread_log.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
+            .on_thread_start(move || {
+                // For the thread's whole life (a runtime thread never outlives the test).
+                std::mem::forget(tracing::subscriber::set_default(subscriber(&worker_log)));
+            })
             .build()
             .unwrap();
         let stop = async move {
             let _ = stopped.await;
             "stop asked by the test"
         };
-        runtime.block_on(hookd::app::run_on(cfg, storage, stop)).map_err(|e| format!("{e:#}"))
+        tracing::subscriber::with_default(subscriber(&thread_log), || {
+            runtime.block_on(hookd::app::run_on(cfg, storage, stop))
+        })
+        .map_err(|e| format!("{e:#}"))
     });
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until(Duration::from_secs(20), "the in-process daemon to listen", || {
         std::net::TcpStream::connect(addr).ok().map(|_| ())
     });
-    Running { addr, stop, result }
+    Running { addr, log, stop, result }
 }
 
 fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&serde_json::Value>) -> Resp {
@@ -174,7 +181,7 @@ fn fault_case(name: &str, inject: impl Fn(&Faults)) {
         .open(dir.path().join("hookd.redb"))
         .unwrap();
     let backend = FaultyBackend { inner: FileBackend::new(file).unwrap(), faults: faults.clone() };
-    let Running { addr, stop: _keep_running, result } =
+    let Running { addr, log, stop: _keep_running, result } =
         start(dir.path(), Storage::Backend(Box::new(backend)));
 
     // Acknowledged before the fault.
@@ -212,8 +219,9 @@ fn fault_case(name: &str, inject: impl Fn(&Faults)) {
     assert_eq!(r.error_type(), "service-unavailable");
     let message = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("store failed"), "{name}: {message}");
-    // Later writes are refused too, until the process is gone.
-    if let Ok(r) = try_raw_request(
+    // Later writes are refused too, until the process is gone: either this one is answered
+    // 503, or the daemon has already stopped listening because it is stopping with the error.
+    let later = try_raw_request(
         addr,
         "POST",
         "/v2/webhook-events",
@@ -222,16 +230,24 @@ fn fault_case(name: &str, inject: impl Fn(&Faults)) {
             ("Content-Type", "application/json"),
         ],
         run_event("ACTOR.RUN.SUCCEEDED", "a0", None, "r").to_string().as_bytes(),
-    ) {
-        assert_eq!(r.status, 503, "{name}");
-    }
+    );
     let result = result.join().unwrap();
+    match later {
+        Ok(r) => assert_eq!(r.status, 503, "{name}: a later write"),
+        Err(e) => assert!(
+            result.is_err(),
+            "{name}: a later write failed ({e}) but no error stopped the daemon"
+        ),
+    }
     assert!(result.is_err(), "{name}: the daemon must stop with an error (exit non-zero)");
-    let log = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
-    assert!(log.contains("storage error"), "{name}: the storage error is in the log");
+    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    assert!(
+        log.contains("shutting down") && log.contains("reason=storage error"),
+        "{name}: this daemon logged its stop for the storage error:\n{log}"
+    );
 
     // The next start, on the real file, has every acknowledged write.
-    let Running { addr, stop, result } = start(dir.path(), Storage::File);
+    let Running { addr, stop, result, .. } = start(dir.path(), Storage::File);
     for w in &webhooks {
         let id = w["id"].as_str().unwrap();
         let r = call(addr, "GET", &format!("/v2/webhooks/{id}"), None);
