@@ -111,6 +111,7 @@ pub async fn run_on(
         limits: config.limits.clone(),
         renderer: Arc::new(Renderer::new(
             config.limits.template_cache_entries_max,
+            config.limits.template_cache_bytes_max,
             config.limits.template_output_bytes_max,
         )),
         render_pool: RenderPool::new(config.limits.render_threads),

@@ -82,6 +82,9 @@ pub struct Limits {
     pub template_output_bytes_max: usize,
     /// Parsed templates kept in memory (one entry per distinct template text).
     pub template_cache_entries_max: usize,
+    /// Bytes of template text behind the parsed templates kept in memory (a parsed template
+    /// takes about three times its text).
+    pub template_cache_bytes_max: usize,
     /// Open HTTP connections from one peer address; more are closed at once, so one
     /// client (a slowloris) cannot take every connection slot. Behind a reverse proxy every
     /// client has the proxy's address: raise it to `connections_max` there.
@@ -146,6 +149,7 @@ impl Default for Config {
                 webhook_pending_max: 32 * 1024,
                 template_output_bytes_max: 4 * 1024 * 1024,
                 template_cache_entries_max: 10_000,
+                template_cache_bytes_max: 16 * 1024 * 1024,
                 connections_per_peer_max: 256,
                 request_bytes_inflight_max: 256 * 1024 * 1024,
                 webhooks_per_user_max: 1000,
@@ -195,6 +199,7 @@ struct RawLimits {
     webhook_pending_max: Option<u64>,
     template_output_bytes_max: Option<u64>,
     template_cache_entries_max: Option<u64>,
+    template_cache_bytes_max: Option<u64>,
     connections_per_peer_max: Option<u64>,
     request_bytes_inflight_max: Option<u64>,
     webhooks_per_user_max: Option<u64>,
@@ -331,6 +336,11 @@ impl Config {
                 rl.template_cache_entries_max,
                 dl.template_cache_entries_max,
             )?,
+            template_cache_bytes_max: size(
+                "limits.template_cache_bytes_max",
+                rl.template_cache_bytes_max,
+                dl.template_cache_bytes_max,
+            )?,
             connections_per_peer_max: size(
                 "limits.connections_per_peer_max",
                 rl.connections_per_peer_max,
@@ -402,6 +412,7 @@ impl Config {
                 webhook_pending_max: Some(l.webhook_pending_max as u64),
                 template_output_bytes_max: Some(l.template_output_bytes_max as u64),
                 template_cache_entries_max: Some(l.template_cache_entries_max as u64),
+                template_cache_bytes_max: Some(l.template_cache_bytes_max as u64),
                 connections_per_peer_max: Some(l.connections_per_peer_max as u64),
                 request_bytes_inflight_max: Some(l.request_bytes_inflight_max as u64),
                 webhooks_per_user_max: Some(l.webhooks_per_user_max as u64),

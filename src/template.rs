@@ -63,10 +63,21 @@ fn check_header_value(name: &str, value: &str) -> Result<(), TemplateError> {
     }
 }
 
-/// The values a template can reference.
+mod raw;
+pub use raw::{RawJson, compact};
+
+/// The values a template can reference. The resource is kept as text (`RawJson`): it is the
+/// one value of an event that can be large, and is mostly copied whole.
 #[derive(Clone, Debug)]
 pub struct Context {
     vars: Map<String, Value>,
+    resource: Option<RawJson>,
+}
+
+impl From<Value> for RawJson {
+    fn from(v: Value) -> RawJson {
+        RawJson::from_value(&v)
+    }
 }
 
 impl Context {
@@ -77,7 +88,7 @@ impl Context {
         created_at_iso: &str,
         event_type: &str,
         event_data: Value,
-        resource: Value,
+        resource: impl Into<RawJson>,
     ) -> Context {
         let mut globals = Map::new();
         globals.insert("dateISO".into(), Value::String(created_at_iso.to_string()));
@@ -87,14 +98,14 @@ impl Context {
         vars.insert("createdAt".into(), Value::String(created_at_iso.to_string()));
         vars.insert("eventType".into(), Value::String(event_type.to_string()));
         vars.insert("eventData".into(), event_data);
-        vars.insert("resource".into(), resource);
         vars.insert("globals".into(), Value::Object(globals));
-        Context { vars }
+        Context { vars, resource: Some(resource.into()) }
     }
 
     /// A context from arbitrary top-level values (tests, tools).
-    pub fn from_map(vars: Map<String, Value>) -> Context {
-        Context { vars }
+    pub fn from_map(mut vars: Map<String, Value>) -> Context {
+        let resource = vars.remove("resource").map(|v| RawJson::from_value(&v));
+        Context { vars, resource }
     }
 }
 
@@ -106,8 +117,9 @@ enum Segment {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Body {
-    /// The template is plain JSON: nothing in raw position.
-    Static(Value),
+    /// The template is plain JSON: nothing in raw position. Kept as text, not as a `Value`
+    /// (a parsed tree is many times its text), and parsed only on the slow path.
+    Static(String),
     /// Text with `{{name}}` in raw (outside-string) positions.
     Raw(Vec<Segment>),
 }
@@ -155,7 +167,7 @@ impl Template {
         interpolate_strings: bool,
     ) -> Result<(Template, Value), TemplateError> {
         let (body, skeleton) = match serde_json::from_str::<Value>(text) {
-            Ok(v) => (Body::Static(v.clone()), v),
+            Ok(v) => (Body::Static(text.to_string()), v),
             Err(first_err) => {
                 let segments = split_raw_variables(text)?;
                 if !segments.iter().any(|s| matches!(s, Segment::Var(_))) {
@@ -218,7 +230,8 @@ impl Template {
     /// Renders to a JSON value; errors if the raw text grows past `output_bytes_max`.
     pub fn render(&self, ctx: &Context, output_bytes_max: usize) -> Result<Value, TemplateError> {
         let value = match &self.body {
-            Body::Static(v) => v.clone(),
+            Body::Static(text) => serde_json::from_str::<Value>(text)
+                .map_err(|e| TemplateError::InvalidJson(e.to_string()))?,
             Body::Raw(segments) => {
                 let out = fill(segments, ctx, output_bytes_max)?;
                 serde_json::from_str::<Value>(&out)
@@ -465,6 +478,8 @@ enum Resolved<'a> {
     Null,
     Value(&'a Value),
     Length(usize),
+    /// A part of the resource's text.
+    Raw(&'a RawJson, raw::Span),
 }
 
 fn js_index(prop: &str) -> Option<usize> {
@@ -480,12 +495,25 @@ fn js_index(prop: &str) -> Option<usize> {
 fn resolve<'a>(ctx: &'a Context, name: &str) -> Resolved<'a> {
     let mut parts = name.split('.');
     let first = parts.next().unwrap_or("");
-    let mut cur = match ctx.vars.get(first) {
-        Some(v) => Resolved::Value(v),
-        None => Resolved::Undefined,
+    let mut cur = match (first, &ctx.resource) {
+        ("resource", Some(r)) => Resolved::Raw(r, r.whole()),
+        _ => match ctx.vars.get(first) {
+            Some(v) => Resolved::Value(v),
+            None => Resolved::Undefined,
+        },
     };
     for prop in parts {
         cur = match cur {
+            Resolved::Raw(r, span) => match r.slice(span).as_bytes().first() {
+                Some(b'{') => {
+                    r.member(span, prop).map_or(Resolved::Undefined, |s| Resolved::Raw(r, s))
+                }
+                Some(b'[') if prop == "length" => Resolved::Length(r.length(span)),
+                Some(b'[') => js_index(prop)
+                    .and_then(|i| r.element(span, i))
+                    .map_or(Resolved::Undefined, |s| Resolved::Raw(r, s)),
+                _ => Resolved::Null,
+            },
             Resolved::Value(Value::Object(m)) => match m.get(prop) {
                 Some(v) => Resolved::Value(v),
                 None => Resolved::Undefined,
@@ -519,6 +547,15 @@ impl Resolved<'_> {
                 Value::String(s) => !s.is_empty(),
                 Value::Array(_) | Value::Object(_) => true,
             },
+            Resolved::Raw(r, span) => {
+                let text = r.slice(*span);
+                match text.as_bytes().first() {
+                    Some(b'n' | b'f') | None => false,
+                    Some(b't' | b'{' | b'[') => true,
+                    Some(b'"') => text != "\"\"",
+                    Some(_) => text.parse::<f64>().is_ok_and(|f| f != 0.0),
+                }
+            }
         }
     }
 
@@ -534,6 +571,17 @@ impl Resolved<'_> {
                     out.extend_from_slice(b"null");
                 }
             }
+            // Already compact JSON.
+            Resolved::Raw(r, span) => out.extend_from_slice(r.slice(*span).as_bytes()),
+        }
+    }
+
+    /// The bytes this value's JSON takes, without writing it.
+    fn json_bytes(&self) -> usize {
+        match self {
+            Resolved::Raw(r, span) => r.slice(*span).len(),
+            Resolved::Value(v) => v.to_string().len(),
+            _ => 4,
         }
     }
 
@@ -544,6 +592,7 @@ impl Resolved<'_> {
             Resolved::Null => Some(Value::Null),
             Resolved::Length(n) => Some(Value::from(*n)),
             Resolved::Value(v) => Some((*v).clone()),
+            Resolved::Raw(r, span) => serde_json::from_str(r.slice(*span)).ok(),
         }
     }
 
@@ -554,7 +603,35 @@ impl Resolved<'_> {
             Resolved::Null => out.push_str("null"),
             Resolved::Length(n) => out.push_str(&n.to_string()),
             Resolved::Value(v) => js_string_of(v, out),
+            Resolved::Raw(r, span) => raw_js_string(r, *span, out),
         }
+    }
+}
+
+/// JavaScript `String(x)` of a part of the resource, read without building a tree.
+fn raw_js_string(r: &RawJson, span: raw::Span, out: &mut String) {
+    let text = r.slice(span);
+    match text.as_bytes().first() {
+        Some(b'"') => out.push_str(&serde_json::from_str::<String>(text).unwrap_or_default()),
+        Some(b'{') => out.push_str("[object Object]"),
+        Some(b'[') => {
+            // Array.prototype.join: null elements become "".
+            for i in 0..r.length(span) {
+                if i > 0 {
+                    out.push(',');
+                }
+                if let Some(e) = r.element(span, i)
+                    && r.slice(e) != "null"
+                {
+                    raw_js_string(r, e, out);
+                }
+            }
+        }
+        Some(b'n' | b't' | b'f') | None => out.push_str(text),
+        Some(_) => match serde_json::from_str::<serde_json::Number>(text) {
+            Ok(n) => out.push_str(&js_number(&n)),
+            Err(_) => out.push_str(text),
+        },
     }
 }
 
@@ -631,9 +708,9 @@ fn interpolate_string(
         let name = spans[0].2;
         check_variable(name)?;
         let r = resolve(ctx, name);
-        if let Resolved::Value(v) = r {
-            // The value is copied into the output: charge its size against the budget.
-            let size = v.to_string().len();
+        if matches!(r, Resolved::Value(_) | Resolved::Raw(..)) {
+            // The value is copied into the output: charge its size against the budget first.
+            let size = r.json_bytes();
             *budget = budget.checked_sub(size).ok_or(TemplateError::TooLarge(size))?;
         }
         return Ok(r.to_value());

@@ -41,6 +41,15 @@ pub fn page_response(
     json_response(StatusCode::OK, &body)
 }
 
+/// A response whose body is JSON text built by hand (a stored object copied as it is).
+pub fn json_text_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(JSON_CONTENT_TYPE));
+    resp
+}
+
 pub fn empty_response(status: StatusCode) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = status;
@@ -172,15 +181,6 @@ fn decode(enc: &Encoding, input: &[u8], max: usize) -> Result<Vec<u8>, ApiError>
         return Err(ApiError::TooLarge(max));
     }
     Ok(out)
-}
-
-/// Parses a body that must be JSON (any value).
-pub fn json_value(bytes: &[u8]) -> Result<Value, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::InvalidRequest("The request body is empty".into()));
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::InvalidRequest(format!("The request body is not valid JSON: {e}")))
 }
 
 /// Parses a body that must be one JSON object.

@@ -16,6 +16,7 @@ use super::{ApiState, LIST_LIMIT_MAX};
 use crate::config::User;
 use crate::model::{Dispatch, EventType, format_timestamp_ms};
 use crate::store::{DispatchScope, NewEvent};
+use crate::template::RawJson;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -71,7 +72,13 @@ pub async fn test(state: &ApiState, user: &User, id: String) -> Result<Resp, Api
         "message": "This is a test dispatch from hookd.",
         "webhookId": w.id,
     });
-    let parts = EventParts::new(&user.id, now_ms, EventType::Test, Value::Null, resource);
+    let parts = EventParts::new(
+        &user.id,
+        now_ms,
+        EventType::Test,
+        Value::Null,
+        RawJson::from_value(&resource),
+    );
     let dispatch_id =
         crate::sys::new_time_id(now_ms).map_err(|e| ApiError::Internal(e.to_string()))?;
     let d = state.renderer.dispatch(dispatch_id, &w, &parts, now_ms);

@@ -5,6 +5,7 @@ mod body;
 mod budget;
 mod dispatches;
 mod error;
+mod event_input;
 mod events;
 mod render;
 mod routes;
@@ -218,13 +219,11 @@ async fn route(
         (Route::Dispatch(id), _) => dispatches::get(state, user, id).await,
         (Route::Events, _) => {
             let bytes = read_bytes(body).await?;
-            let value = body::json_value(&bytes)?;
-            drop(bytes);
-            events::ingest(state, user, value, state.request_bytes.charge()).await
+            events::ingest(state, user, &bytes, state.request_bytes.charge()).await
         }
         (Route::Job(kind, id), &Method::GET) => events::get_job(state, user, kind, id).await,
         (Route::Job(kind, id), _) => {
-            events::put_job(state, user, kind, id, read_json(body).await?).await
+            events::put_job(state, user, kind, id, &read_bytes(body).await?).await
         }
     }
 }

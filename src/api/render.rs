@@ -13,9 +13,10 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::model::{Call, Dispatch, DispatchStatus, EventType, Webhook};
-use crate::template::{Context, Template, TemplateError};
+use crate::template::{Context, RawJson, Template, TemplateError};
 
 type TemplateKey = (String, Option<String>, bool);
+type CacheMap = HashMap<u64, (TemplateKey, Arc<Compiled>)>;
 
 struct Compiled {
     payload: Template,
@@ -24,9 +25,11 @@ struct Compiled {
 
 pub struct Renderer {
     /// Hash of (payload template, headers template, shouldInterpolateStrings) -> the parsed
-    /// templates with their texts (compared on a hit, so a hash collision is only a miss).
-    cache: Mutex<HashMap<u64, (TemplateKey, Arc<Compiled>)>>,
+    /// templates with their texts (compared on a hit, so a hash collision is only a miss),
+    /// and the bytes of template text behind all entries.
+    cache: Mutex<(CacheMap, usize)>,
     cache_entries_max: usize,
+    cache_bytes_max: usize,
     output_bytes_max: usize,
 }
 
@@ -46,7 +49,7 @@ impl EventParts {
         created_ms: u64,
         event_type: EventType,
         event_data: Value,
-        resource: Value,
+        resource: RawJson,
     ) -> EventParts {
         let created_iso = crate::model::format_timestamp_ms(created_ms);
         let event_data_json = (!event_data.is_null()).then(|| event_data.to_string());
@@ -89,8 +92,17 @@ impl RenderPool {
 }
 
 impl Renderer {
-    pub fn new(cache_entries_max: usize, output_bytes_max: usize) -> Renderer {
-        Renderer { cache: Mutex::new(HashMap::new()), cache_entries_max, output_bytes_max }
+    pub fn new(
+        cache_entries_max: usize,
+        cache_bytes_max: usize,
+        output_bytes_max: usize,
+    ) -> Renderer {
+        Renderer {
+            cache: Mutex::new((HashMap::new(), 0)),
+            cache_entries_max,
+            cache_bytes_max,
+            output_bytes_max,
+        }
     }
 
     fn compiled(&self, w: &Webhook) -> Result<Arc<Compiled>, TemplateError> {
@@ -101,7 +113,7 @@ impl Renderer {
             h.finish()
         };
         if let Ok(cache) = self.cache.lock()
-            && let Some(((payload, headers, interpolate), c)) = cache.get(&hash)
+            && let Some(((payload, headers, interpolate), c)) = cache.0.get(&hash)
             && *payload == w.payload_template
             && *headers == w.headers_template
             && *interpolate == w.should_interpolate_strings
@@ -116,17 +128,23 @@ impl Renderer {
                 .map(|t| Template::parse_headers(t, w.should_interpolate_strings))
                 .transpose()?,
         });
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Ok(mut guard) = self.cache.lock() {
+            let (cache, bytes) = &mut *guard;
+            let text_bytes =
+                w.payload_template.len() + w.headers_template.as_ref().map_or(0, String::len);
             // Crude but bounded: start over when full; the hot set refills at once.
-            if cache.len() >= self.cache_entries_max {
+            if cache.len() >= self.cache_entries_max || *bytes + text_bytes > self.cache_bytes_max {
                 cache.clear();
+                *bytes = 0;
             }
             let key = (
                 w.payload_template.clone(),
                 w.headers_template.clone(),
                 w.should_interpolate_strings,
             );
-            cache.insert(hash, (key, c.clone()));
+            if cache.insert(hash, (key, c.clone())).is_none() {
+                *bytes += text_bytes;
+            }
         }
         Ok(c)
     }

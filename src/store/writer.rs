@@ -602,9 +602,15 @@ fn remove_from_index(w: &Webhook) -> IndexChange {
     }
 }
 
+/// The `status` of a stored job object (the rest is skipped, not parsed into values).
 fn job_status(object_json: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(object_json).ok()?;
-    v.get("status")?.as_str().map(String::from)
+    #[derive(serde::Deserialize)]
+    struct StatusOnly {
+        #[serde(default)]
+        status: Option<serde_json::Value>,
+    }
+    let s: StatusOnly = serde_json::from_str(object_json).ok()?;
+    s.status?.as_str().map(String::from)
 }
 
 fn ingest(

@@ -297,6 +297,66 @@ proptest! {
         let t = Template::parse(&raw, false).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(t.render_to_string(&c, MAX), slow(&t, &c));
     }
+
+    /// The resource is read from its text by path: the same as walking its parsed tree.
+    #[test]
+    fn paths_read_from_the_resource_text_match_the_tree(
+        resource in json_value(),
+        picks in prop::collection::vec(0usize..8, 0..5),
+    ) {
+        // A path through the value's own keys and indexes (and sometimes `length` or a miss).
+        let mut path = String::new();
+        let mut cur = Some(&resource);
+        for pick in picks {
+            let step = match cur {
+                Some(Value::Object(m)) if !m.is_empty() && pick < 6 => {
+                    m.keys().nth(pick % m.len()).cloned().unwrap_or_default()
+                }
+                Some(Value::Array(a)) if pick == 7 => "length".to_string(),
+                Some(Value::Array(a)) if !a.is_empty() => (pick % a.len()).to_string(),
+                _ => "missing".to_string(),
+            };
+            if !step.bytes().all(|b| b.is_ascii_alphanumeric()) || step.is_empty() {
+                break;
+            }
+            cur = match cur {
+                Some(Value::Object(m)) => m.get(&step),
+                Some(Value::Array(a)) => step.parse::<usize>().ok().and_then(|i| a.get(i)),
+                _ => None,
+            };
+            path.push('.');
+            path.push_str(&step);
+        }
+        let c = Context::new("u", 0, "1970-01-01T00:00:00.000Z", "TEST", Value::Null, resource.clone());
+        let text = format!("{{\"a\": {{{{resource{path}}}}}}}");
+        let t = Template::parse(&text, false).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+        let got = t.render(&c, MAX).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+        let want = reference_lookup(&resource, &path);
+        prop_assert_eq!(&got["a"], &want, "{}", text);
+    }
+}
+
+/// What `{{resource<path>}}` renders to in raw position, computed on the parsed tree the way
+/// `@apify/utilities` does: a missing member is undefined, a step into a non-object is null,
+/// `length` of an array is its length, and a falsy result renders `null`.
+fn reference_lookup(resource: &Value, path: &str) -> Value {
+    let mut cur: Option<Value> = Some(resource.clone());
+    for step in path.split('.').skip(1) {
+        cur = match cur {
+            Some(Value::Object(m)) => m.get(step).cloned(),
+            Some(Value::Array(a)) if step == "length" => Some(Value::from(a.len())),
+            Some(Value::Array(a)) => step.parse::<usize>().ok().and_then(|i| a.get(i).cloned()),
+            _ => Some(Value::Null),
+        };
+    }
+    let truthy = match &cur {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    };
+    if truthy { cur.unwrap_or(Value::Null) } else { Value::Null }
 }
 
 /// The slow path: render, then serialise the value (what `render_to_string` did before the
