@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use error::StoreError;
@@ -304,6 +304,7 @@ impl Store {
                 pending: pending.clone(),
                 next_seq,
                 pending_max: limits.webhook_pending_max.max(1),
+                sweeps: load_sweeps(&db)?,
             },
         )?;
         Ok((Store { db, writes: tx, fatal, outbox_changed, index, pending }, handle))
@@ -482,6 +483,9 @@ impl Store {
             let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
             let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
             let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
+            // Deleted webhooks whose ACTIVE dispatches the writer is still ending: not called.
+            let sweeps = rtx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
+            let sweeping = !sweeps.is_empty().map_err(storage)?;
             let mut due = Due::default();
             let mut taken_per_user: HashMap<String, usize> = HashMap::new();
             let start = req.start_after.clone().map(|t| t + "\u{0}").unwrap_or_default();
@@ -528,6 +532,11 @@ impl Store {
                         let Some(d) = read_dispatch(&requests, &states, id)? else {
                             return Err(StoreError::Corrupt(format!("outbox names missing {id}")));
                         };
+                        if sweeping && sweeps.get(d.webhook_id.as_str()).map_err(storage)?.is_some()
+                        {
+                            // Ended within moments; the target's other work waits for that.
+                            break;
+                        }
                         let user_busy = req.per_user.get(&d.user_id).copied().unwrap_or(0)
                             + taken_per_user.get(&d.user_id).copied().unwrap_or(0);
                         if user_busy >= req.per_user_max {
@@ -847,6 +856,18 @@ fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
     Ok((pending, next_seq))
 }
 
+/// Deleted webhooks whose dispatches are still being ended, oldest first.
+fn load_sweeps(db: &Database) -> Result<Vec<(String, u64)>, StoreError> {
+    let rtx = db.begin_read().map_err(storage)?;
+    let table = rtx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
+    let mut sweeps = Vec::new();
+    for entry in table.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        sweeps.push((k.value().to_string(), v.value()));
+    }
+    Ok(sweeps)
+}
+
 /// Every webhook that can still fire, for the match index.
 fn load_index(db: &Database) -> Result<MatchIndex, StoreError> {
     let rtx = db.begin_read().map_err(storage)?;
@@ -907,6 +928,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
         tx.open_table(OUTBOX).map_err(storage)?;
         tx.open_table(JOBS).map_err(storage)?;
+        tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
         tx.open_table(WEBHOOK_PENDING).map_err(storage)?;
     }
     tx.commit().map_err(storage)?;

@@ -66,6 +66,10 @@ pub const OUTBOX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new(
 /// emptied by the folding commit.
 pub const WEBHOOK_PENDING: TableDefinition<u64, (&str, &str)> =
     TableDefinition::new("webhook_pending");
+/// Deleted webhook id -> the time of the delete (ms): webhooks whose ACTIVE dispatches are
+/// still being ended, a chunk per group commit, so one delete never holds the writer for long.
+/// (Added after schema 4 was released; created at open when missing.)
+pub const WEBHOOK_SWEEPS: TableDefinition<&str, u64> = TableDefinition::new("webhook_sweeps");
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::storage;
@@ -122,9 +123,22 @@ fn run(
     state: &mut WriterState,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_max);
-    // Ends on Close, when every sender is gone, or at the first storage error.
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+    // Ends on Close, when every sender is gone, or at the first storage error. While deleted
+    // webhooks are being swept it does not wait for ops: an empty batch sweeps a chunk.
+    loop {
+        let first = if state.sweeps.is_empty() {
+            rx.blocking_recv()
+        } else {
+            match rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        };
+        if first.is_none() && state.sweeps.is_empty() {
+            return;
+        }
+        batch.extend(first);
         while batch.len() < batch_max {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
@@ -166,6 +180,11 @@ struct Batch<'t, 'p> {
     outbox: Table<'t, (&'static str, u64, &'static str), ()>,
     jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
     webhook_pending: Table<'t, u64, (&'static str, &'static str)>,
+    webhook_sweeps: Table<'t, &'static str, u64>,
+    /// Fold in this group whatever the count (a delete needs its waiting dispatches listed).
+    fold_now: bool,
+    /// Webhooks deleted in this group whose sweep goes on in later groups.
+    new_sweeps: Vec<(String, u64)>,
     /// Dispatches waiting to be folded as of the last commit (only the writer changes it).
     tail: &'p PendingInner,
     /// The match index as of the last commit.
@@ -194,6 +213,9 @@ impl<'t, 'p> Batch<'t, 'p> {
         Ok(Batch {
             index,
             webhook_pending: tx.open_table(WEBHOOK_PENDING).map_err(storage)?,
+            webhook_sweeps: tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?,
+            fold_now: false,
+            new_sweeps: Vec::new(),
             tail,
             new_pending: Vec::new(),
             next_seq,
@@ -285,7 +307,15 @@ impl<'t, 'p> Batch<'t, 'p> {
         // index inserts then walk both trees in key order instead of jumping about.
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         for (w, d) in rows {
-            let Some((s, changed)) = self.stats(&w)? else { continue };
+            let Some((s, changed)) = self.stats(&w)? else {
+                // A deleted webhook still being swept: list it where the sweep looks.
+                if self.webhook_sweeps.get(w.as_str()).map_err(storage)?.is_some() {
+                    self.dispatches_by_webhook
+                        .insert((w.as_str(), d.as_str()), ())
+                        .map_err(storage)?;
+                }
+                continue;
+            };
             s.total += 1;
             s.last_id = Some(d.clone());
             *changed = true;
@@ -293,6 +323,56 @@ impl<'t, 'p> Batch<'t, 'p> {
         }
         self.webhook_pending.retain(|_, _| false).map_err(storage)?;
         Ok(())
+    }
+
+    /// Ends the dispatch if it is still ACTIVE: its webhook was removed at `removed_ms`.
+    fn end_removed(&mut self, dispatch_id: &str, removed_ms: u64) -> Result<(), StoreError> {
+        let Some(mut s) = self.load_state(dispatch_id)? else { return Ok(()) };
+        if s.status != DispatchStatus::Active {
+            return Ok(());
+        }
+        self.unqueue(dispatch_id, &s)?;
+        s.calls.push(Call {
+            started_ms: removed_ms,
+            finished_ms: removed_ms,
+            error_message: Some("Webhook was removed.".into()),
+            response_status: None,
+            response_body: None,
+        });
+        s.status = DispatchStatus::Failed;
+        s.next_due_ms = None;
+        s.finished_ms = Some(removed_ms);
+        self.save_state(dispatch_id, &s)
+    }
+
+    /// One chunk of a deleted webhook's sweep: ends up to `budget` of its listed dispatches
+    /// and drops their list entries (nothing reads a deleted webhook's list). `true` when the
+    /// list is empty.
+    fn sweep(
+        &mut self,
+        webhook_id: &str,
+        removed_ms: u64,
+        budget: &mut usize,
+    ) -> Result<bool, StoreError> {
+        let ids: Vec<String> = {
+            let range = self
+                .dispatches_by_webhook
+                .range((webhook_id, "")..=(webhook_id, ID_MAX))
+                .map_err(storage)?;
+            let mut ids = Vec::new();
+            for entry in range.take(*budget) {
+                let (k, _) = entry.map_err(storage)?;
+                ids.push(k.value().1.to_string());
+            }
+            ids
+        };
+        let asked = *budget;
+        for id in &ids {
+            self.end_removed(id, removed_ms)?;
+            self.dispatches_by_webhook.remove((webhook_id, id.as_str())).map_err(storage)?;
+        }
+        *budget -= ids.len();
+        Ok(ids.len() < asked)
     }
 
     fn load_state(&self, dispatch_id: &str) -> Result<Option<DispatchState>, StoreError> {
@@ -362,7 +442,8 @@ fn commit_batch(
                     return Err(e);
                 }
             }
-            let folding = tail.len() + b.new_pending.len() >= state.pending_max;
+            let finished = sweep_chunk(&mut b, &state.sweeps)?;
+            let folding = b.fold_now || tail.len() + b.new_pending.len() >= state.pending_max;
             if folding {
                 let started = std::time::Instant::now();
                 b.fold()?;
@@ -375,6 +456,8 @@ fn commit_batch(
             b.flush_stats()?;
             outbox_grew = b.outbox_grew;
             index_changes = std::mem::take(&mut b.index_changes);
+            state.sweeps.retain(|(w, _)| !finished.contains(w));
+            state.sweeps.append(&mut b.new_sweeps);
             (
                 std::mem::take(&mut b.new_pending),
                 std::mem::take(&mut b.deleted),
@@ -426,6 +509,28 @@ pub(crate) struct WriterState {
     pub next_seq: u64,
     /// Fold when this many dispatches wait (`limits.webhook_pending_max`).
     pub pending_max: usize,
+    /// Deleted webhooks whose dispatches are still being ended: (id, time of the delete).
+    pub sweeps: Vec<(String, u64)>,
+}
+
+/// Dispatches one group ends for deleted webhooks (a delete itself ends this many inline, so
+/// a webhook with fewer is done in its own commit). About a millisecond of writer time.
+pub(crate) const SWEEP_CHUNK_DISPATCHES: usize = 1024;
+
+/// Sweeps the oldest deleted webhooks, one chunk in all; returns those finished.
+fn sweep_chunk(b: &mut Batch<'_, '_>, sweeps: &[(String, u64)]) -> Result<Vec<String>, StoreError> {
+    let mut budget = SWEEP_CHUNK_DISPATCHES;
+    let mut finished = Vec::new();
+    for (webhook_id, removed_ms) in sweeps {
+        if budget == 0 {
+            break;
+        }
+        if b.sweep(webhook_id, *removed_ms, &mut budget)? {
+            b.webhook_sweeps.remove(webhook_id.as_str()).map_err(storage)?;
+            finished.push(webhook_id.clone());
+        }
+    }
+    Ok(finished)
 }
 
 /// An answer for an op that is not applied; with the commit error it becomes `Failed`.
@@ -557,35 +662,25 @@ fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64) -> OpResu
     b.index_condition(&w, false)?;
     b.index_changes.push(remove_from_index(&w));
     b.webhook_fired.remove(id).map_err(storage)?;
-    // Its dispatches stay readable by id; the ACTIVE ones end now.
-    let dispatch_ids: Vec<String> = {
-        let range = b.dispatches_by_webhook.range((id, "")..=(id, ID_MAX)).map_err(storage)?;
-        let mut ids = Vec::new();
-        for entry in range {
-            let (k, _) = entry.map_err(storage)?;
-            ids.push(k.value().1.to_string());
-        }
-        ids.extend(b.waiting_ids(id));
-        ids
-    };
+    // Its dispatches stay readable by id; the ACTIVE ones end: up to a chunk now (the
+    // unfolded ones first, then its list), the rest in later groups (`sweep_chunk`), so a
+    // webhook with a long history never holds the writer.
+    let waiting = b.waiting_ids(id);
     b.deleted.push(id.to_string());
-    for dispatch_id in dispatch_ids {
-        let Some(mut s) = b.load_state(&dispatch_id)? else { continue };
-        if s.status != DispatchStatus::Active {
-            continue;
-        }
-        b.unqueue(&dispatch_id, &s)?;
-        s.calls.push(Call {
-            started_ms: now_ms,
-            finished_ms: now_ms,
-            error_message: Some("Webhook was removed.".into()),
-            response_status: None,
-            response_body: None,
-        });
-        s.status = DispatchStatus::Failed;
-        s.next_due_ms = None;
-        s.finished_ms = Some(now_ms);
-        b.save_state(&dispatch_id, &s)?;
+    let mut budget = SWEEP_CHUNK_DISPATCHES;
+    let inline = waiting.len().min(budget);
+    for dispatch_id in &waiting[..inline] {
+        b.end_removed(dispatch_id, now_ms)?;
+    }
+    budget -= inline;
+    if waiting.len() > inline {
+        // The rest are listed by this group's fold, where the sweep finds them.
+        b.fold_now = true;
+    }
+    let listed_done = b.sweep(id, now_ms, &mut budget)?;
+    if !(listed_done && waiting.len() == inline) {
+        b.webhook_sweeps.insert(id, now_ms).map_err(storage)?;
+        b.new_sweeps.push((id.to_string(), now_ms));
     }
     if let Some(key) = &w.idempotency_key {
         // The key is free again: Apify dedupes only against the user's existing webhooks.

@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test here runs the real `hookd` binary.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod api;
 mod clients;
 mod crash;
