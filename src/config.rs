@@ -157,7 +157,7 @@ impl Default for Config {
                 template_variables_max: 1000,
                 dispatches_per_request_max: 10_000,
                 rendered_bytes_per_request_max: 64 * 1024 * 1024,
-                render_threads: 2,
+                render_threads: 1,
                 shutdown_grace_ms: 10_000,
             },
         }

@@ -6,6 +6,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Bytes a parsed `serde_json::Value` tree may take per byte of its JSON text: a tree of
+/// `[0,0,0,...]` holds a 72-byte value per 2 bytes of text, in a vector that may have doubled.
+/// Parsing a text into a tree is charged this many bytes per byte, so concurrent parses stay
+/// within the budget whatever the shape of their JSON.
+pub const TREE_BYTES_PER_JSON_BYTE: usize = 80;
+
 /// The shared budget.
 #[derive(Debug)]
 pub struct ByteBudget {

@@ -11,6 +11,8 @@ use serde::de::{Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use super::body::budget_spent;
+use super::budget::{Charge, TREE_BYTES_PER_JSON_BYTE};
 use super::error::ApiError;
 use crate::model::{EventData, EventType, FieldError, JobKind, parse_timestamp_ms};
 use crate::template::{RawJson, compact};
@@ -20,8 +22,9 @@ pub const EVENTS_PER_REQUEST_MAX: usize = 1000;
 pub const ID_CHARS_MAX: usize = 128;
 const IDEMPOTENCY_KEY_CHARS_MAX: usize = 128;
 /// Bytes of one small field (`eventType`, `eventData`, `createdAt`, ...): these are parsed
-/// into values, so they are bounded; only the resource may be large.
-pub const SMALL_FIELD_BYTES_MAX: usize = 64 * 1024;
+/// into values, so they are bounded (and the parse is charged to the request's budget); only
+/// the resource may be large, and it is never parsed into values.
+pub const SMALL_FIELD_BYTES_MAX: usize = 16 * 1024;
 /// Bytes of the default payload besides the resource and eventData it copies: the keys, the
 /// user id, the time and the event type (generously).
 const DEFAULT_PAYLOAD_OVERHEAD_BYTES: usize = 512;
@@ -47,8 +50,14 @@ fn not_json(e: impl fmt::Display) -> ApiError {
     ApiError::InvalidRequest(format!("The request body is not valid JSON: {e}"))
 }
 
-/// A small field parsed into a value; `None` when absent or `null`.
-fn small(raw: Option<&RawValue>, field: &'static str, prefix: &str) -> Result<Value, ApiError> {
+/// A small field parsed into a value (`Null` when absent or `null`); the tree it may take is
+/// charged to the request while it is parsed.
+fn small(
+    raw: Option<&RawValue>,
+    field: &'static str,
+    prefix: &str,
+    charge: &mut Charge,
+) -> Result<Value, ApiError> {
     let Some(raw) = raw else { return Ok(Value::Null) };
     if raw.get().len() > SMALL_FIELD_BYTES_MAX {
         return Err(invalid(
@@ -57,8 +66,14 @@ fn small(raw: Option<&RawValue>, field: &'static str, prefix: &str) -> Result<Va
             format!("is larger than {SMALL_FIELD_BYTES_MAX} bytes"),
         ));
     }
-    serde_json::from_str(raw.get())
-        .map_err(|e| ApiError::InvalidRequest(format!("{prefix}Field \"{field}\": {e}")))
+    let tree_bytes = raw.get().len() * TREE_BYTES_PER_JSON_BYTE;
+    if !charge.grow(tree_bytes) {
+        return Err(budget_spent(charge.budget_max()));
+    }
+    let parsed = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::InvalidRequest(format!("{prefix}Field \"{field}\": {e}")));
+    charge.shrink(tree_bytes);
+    parsed
 }
 
 pub fn id_field(
@@ -214,13 +229,14 @@ pub fn parse_event(
     prefix: &str,
     now_ms: u64,
     output_bytes_max: usize,
+    charge: &mut Charge,
 ) -> Result<Incoming, ApiError> {
     if !raw.get().starts_with('{') {
         return Err(ApiError::InvalidRequest(format!("{prefix}An event must be a JSON object")));
     }
     let m: RawEvent<'_> = serde_json::from_str(raw.get())
         .map_err(|e| ApiError::InvalidRequest(format!("{prefix}{e}")))?;
-    let event_type = match small(m.event_type, "eventType", prefix)? {
+    let event_type = match small(m.event_type, "eventType", prefix, charge)? {
         Value::String(s) => EventType::parse_subscribable(&s).ok_or_else(|| {
             invalid(
                 prefix,
@@ -232,7 +248,7 @@ pub fn parse_event(
         _ => return Err(invalid(prefix, "eventType", "must be a string")),
     };
     let kind = kind_of(event_type);
-    let Value::Object(dm) = small(m.event_data, "eventData", prefix)? else {
+    let Value::Object(dm) = small(m.event_data, "eventData", prefix, charge)? else {
         return Err(invalid(prefix, "eventData", "must be an object"));
     };
     let actor_id = id_field(&dm, "actorId", "eventData.actorId", true, prefix)?.unwrap_or_default();
@@ -259,7 +275,7 @@ pub fn parse_event(
         }
         Some(_) => return Err(invalid(prefix, "resource", "must be an object or null")),
     };
-    let created_ms = match small(m.created_at, "createdAt", prefix)? {
+    let created_ms = match small(m.created_at, "createdAt", prefix, charge)? {
         Value::Null => now_ms,
         Value::String(s) => parse_timestamp_ms(&s).ok_or_else(|| {
             invalid(
@@ -270,7 +286,7 @@ pub fn parse_event(
         })?,
         _ => return Err(invalid(prefix, "createdAt", "must be a string")),
     };
-    let idempotency_key = match small(m.idempotency_key, "idempotencyKey", prefix)? {
+    let idempotency_key = match small(m.idempotency_key, "idempotencyKey", prefix, charge)? {
         Value::Null => None,
         Value::String(s) if !s.is_empty() && s.chars().count() <= IDEMPOTENCY_KEY_CHARS_MAX => {
             Some(s)
@@ -308,7 +324,12 @@ const JOB_FIELDS: [&str; 3] = ["actId", "status", "actorTaskId"];
 
 /// Reads a job report: an object whose members are kept in order (a repeated name keeps its
 /// first place and its last value, as `JSON.parse` does) and copied as compact text.
-pub fn parse_job_body(body: &[u8], id: &str, user_id: &str) -> Result<JobBody, ApiError> {
+pub fn parse_job_body(
+    body: &[u8],
+    id: &str,
+    user_id: &str,
+    charge: &mut Charge,
+) -> Result<JobBody, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::InvalidRequest(format!("The request body is not valid UTF-8: {e}"))
     })?;
@@ -330,7 +351,7 @@ pub fn parse_job_body(body: &[u8], id: &str, user_id: &str) -> Result<JobBody, A
     object.push_str(&format!("{{\"id\":{},\"userId\":{}", json!(id), json!(user_id)));
     for (name, raw) in members {
         if let Some(&field) = JOB_FIELDS.iter().find(|f| **f == name) {
-            fields.insert(name.clone(), small(Some(raw), field, "")?);
+            fields.insert(name.clone(), small(Some(raw), field, "", charge)?);
         }
         if name == "id" || name == "userId" {
             continue;

@@ -146,6 +146,25 @@ impl RenderJob {
     }
 }
 
+/// Bodies up to this size are parsed on the request's task; larger ones on the render pool.
+const INLINE_PARSE_BYTES_MAX: usize = 64 * 1024;
+
+/// Runs `parse` on `body`: on the request's own task when the body is small, else on the
+/// render pool, since parsing takes time in proportion to the bytes (megabytes of them would
+/// hold an async worker, and with it other users' requests).
+async fn off_workers<T: Send + 'static>(
+    state: &ApiState,
+    body: Vec<u8>,
+    mut charge: Charge,
+    parse: impl FnOnce(&[u8], &mut Charge) -> Result<T, ApiError> + Send + 'static,
+) -> Result<(T, Charge), ApiError> {
+    if body.len() <= INLINE_PARSE_BYTES_MAX {
+        return Ok((parse(&body, &mut charge)?, charge));
+    }
+    let job = move || parse(&body, &mut charge).map(|t| (t, charge));
+    state.render_pool.run(job).await.map_err(ApiError::Internal)?
+}
+
 /// A time-ordered id (the store appends dispatches in id order).
 fn new_id(now_ms: u64) -> Result<String, ApiError> {
     crate::sys::new_time_id(now_ms).map_err(|e| ApiError::Internal(format!("random source: {e}")))
@@ -164,16 +183,21 @@ fn answer_json(a: &EventAnswer) -> Value {
 pub async fn ingest(
     state: &ApiState,
     user: &User,
-    body: &[u8],
+    body: Vec<u8>,
     charge: Charge,
 ) -> Result<Resp, ApiError> {
     let now_ms = crate::sys::now_ms();
-    let (items, is_array) = split_events(body)?;
-    let mut events = Vec::with_capacity(items.len());
-    for (i, item) in items.into_iter().enumerate() {
-        let prefix = if is_array { format!("Event {i}: ") } else { String::new() };
-        events.push(parse_event(item, &prefix, now_ms, state.limits.template_output_bytes_max)?);
-    }
+    let output_bytes_max = state.limits.template_output_bytes_max;
+    let ((events, is_array), charge) = off_workers(state, body, charge, move |body, charge| {
+        let (items, is_array) = split_events(body)?;
+        let mut events = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let prefix = if is_array { format!("Event {i}: ") } else { String::new() };
+            events.push(parse_event(item, &prefix, now_ms, output_bytes_max, charge)?);
+        }
+        Ok((events, is_array))
+    })
+    .await?;
     let (prepared, _rendered) = prepare(state, user, events, charge).await?;
     let answers = state.store.ingest(prepared, None).await?;
     let data = if is_array {
@@ -211,13 +235,17 @@ pub async fn put_job(
     user: &User,
     kind: JobKind,
     id: String,
-    body: &[u8],
+    body: Vec<u8>,
 ) -> Result<Resp, ApiError> {
     if id.chars().count() > ID_CHARS_MAX {
         return Err(not_found(kind));
     }
     // The stored object is what was given, with its id and owner.
-    let job = parse_job_body(body, &id, &user.id)?;
+    let (job_id, user_id) = (id.clone(), user.id.clone());
+    let (job, _charge) = off_workers(state, body, state.request_bytes.charge(), move |b, c| {
+        parse_job_body(b, &job_id, &user_id, c)
+    })
+    .await?;
     let body = &job.fields;
     let actor_id = id_field(body, "actId", "actId", true, "")?.unwrap_or_default();
     let status = match body.get("status") {

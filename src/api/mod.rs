@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Limits, User};
 use crate::store::{DispatchScope, Store, WebhookScope};
 pub use budget::ByteBudget;
+use budget::TREE_BYTES_PER_JSON_BYTE;
 pub use error::ApiError;
 pub use render::{RenderPool, Renderer};
 use routes::{Query, Route};
@@ -119,6 +120,24 @@ pub async fn serve(
     }
 }
 
+/// Reads the request body, every byte charged to `charge`.
+async fn read_bytes(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+    body: Incoming,
+    charge: &mut budget::Charge,
+) -> Result<Vec<u8>, ApiError> {
+    body::read_body(
+        headers,
+        body,
+        state.limits.body_bytes_max,
+        Duration::from_millis(state.limits.body_read_timeout_ms),
+        charge,
+        state.request_bytes.max(),
+    )
+    .await
+}
+
 /// One open connection counted against its peer address; the count drops with it.
 struct PeerSlot {
     peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -182,33 +201,37 @@ async fn route(
     // Everything this request holds (body, rendered dispatches) is charged here until it is
     // answered.
     let mut charge = state.request_bytes.charge();
-    let budget_max = state.request_bytes.max();
-    let mut read_bytes = async |body: Incoming| {
-        body::read_body(
-            &parts.headers,
-            body,
-            state.limits.body_bytes_max,
-            Duration::from_millis(state.limits.body_read_timeout_ms),
-            &mut charge,
-            budget_max,
-        )
-        .await
+    let headers = &parts.headers;
+    let mut read_bytes = async |body: Incoming| read_bytes(state, headers, body, &mut charge).await;
+    let mut read_json = async |body: Incoming| {
+        let bytes = read_bytes(body).await?;
+        // The tree a JSON body parses into is charged too (a body of tiny values takes many
+        // times its bytes): webhook bodies are small, so the budget fits thousands of them.
+        let tree_bytes = bytes.len() * TREE_BYTES_PER_JSON_BYTE;
+        let budget_max = state.request_bytes.max();
+        if tree_bytes > budget_max {
+            return Err(ApiError::TooLarge(budget_max / TREE_BYTES_PER_JSON_BYTE));
+        }
+        let mut tree_charge = state.request_bytes.charge();
+        if !tree_charge.grow(tree_bytes) {
+            return Err(body::budget_spent(budget_max));
+        }
+        Ok((body::json_object(&bytes)?, tree_charge))
     };
-    let mut read_json = async |body: Incoming| body::json_object(&read_bytes(body).await?);
     match (route, &parts.method) {
         (Route::Webhooks, &Method::GET) => {
             webhooks::list(state, user, WebhookScope::All, &query).await
         }
-        (Route::Webhooks, _) => webhooks::create(state, user, read_json(body).await?, None).await,
+        (Route::Webhooks, _) => webhooks::create(state, user, read_json(body).await?.0, None).await,
         (Route::ScopedWebhooks(kind, id), &Method::GET) => {
             webhooks::list(state, user, WebhookScope::Condition(kind, id), &query).await
         }
         (Route::ScopedWebhooks(kind, id), _) => {
-            webhooks::create(state, user, read_json(body).await?, Some((kind, id))).await
+            webhooks::create(state, user, read_json(body).await?.0, Some((kind, id))).await
         }
         (Route::Webhook(id), &Method::GET) => webhooks::get(state, user, id).await,
         (Route::Webhook(id), &Method::PUT) => {
-            webhooks::update(state, user, id, read_json(body).await?).await
+            webhooks::update(state, user, id, read_json(body).await?.0).await
         }
         (Route::Webhook(id), _) => webhooks::delete(state, user, id).await,
         (Route::WebhookTest(id), _) => dispatches::test(state, user, id).await,
@@ -219,11 +242,11 @@ async fn route(
         (Route::Dispatch(id), _) => dispatches::get(state, user, id).await,
         (Route::Events, _) => {
             let bytes = read_bytes(body).await?;
-            events::ingest(state, user, &bytes, state.request_bytes.charge()).await
+            events::ingest(state, user, bytes, state.request_bytes.charge()).await
         }
         (Route::Job(kind, id), &Method::GET) => events::get_job(state, user, kind, id).await,
         (Route::Job(kind, id), _) => {
-            events::put_job(state, user, kind, id, &read_bytes(body).await?).await
+            events::put_job(state, user, kind, id, read_bytes(body).await?).await
         }
     }
 }
