@@ -34,7 +34,8 @@ pub use budget::ByteBudget;
 use budget::TREE_BYTES_PER_JSON_BYTE;
 pub use error::ApiError;
 pub use render::{RenderPool, Renderer};
-use routes::{Query, Route};
+use routes::Route;
+pub use routes::{Query, authenticate};
 
 /// Apify's page size maximum.
 pub const LIST_LIMIT_MAX: u64 = 1000;

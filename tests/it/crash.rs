@@ -329,6 +329,7 @@ fn sigterm_lets_calls_in_flight_finish_and_the_next_start_needs_no_repair() {
         assert_eq!(dispatch["status"], "SUCCEEDED", "the call in flight was recorded: {dispatch}");
         assert_eq!(dispatch["calls"].as_array().unwrap().len(), 1);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every dispatch has ended with its one call stored, so nothing can be sent again.
+    assert_eq!(d.wait_all_ended(ALICE_TOKEN, Duration::from_secs(10)), 10);
     assert_eq!(rx.count(), 10, "nothing is sent again after a clean stop");
 }

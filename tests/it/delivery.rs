@@ -167,8 +167,8 @@ fn fails_after_the_last_delay_and_do_not_retry_means_one_call() {
     let dispatch = d.wait_ended(ALICE_TOKEN, &single, WAIT);
     assert_eq!(dispatch["status"], "FAILED");
     assert_eq!(dispatch["calls"].as_array().unwrap().len(), 1);
-    // Nothing more arrives for either.
-    std::thread::sleep(Duration::from_millis(200));
+    // Nothing more arrives for either: both have ended, and every call made is stored.
+    assert_eq!(d.wait_all_ended(ALICE_TOKEN, WAIT), 4);
     assert_eq!(rx.count(), 4);
 }
 
@@ -220,7 +220,7 @@ fn ad_hoc_webhook_fires_once() {
     let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
         .clone();
     assert_eq!(w["stats"]["totalDispatches"], 1);
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.wait_all_ended(ALICE_TOKEN, WAIT), 1);
     assert_eq!(rx.count(), 1);
 }
 
@@ -253,7 +253,7 @@ fn conditions_match_exactly_the_right_events_and_users_stay_apart() {
         .collect();
     assert_eq!(counts, vec![3, 2, 1, 0]);
     eventually(WAIT, "six deliveries", || rx.count() == 6);
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.wait_all_ended(ALICE_TOKEN, WAIT), 6, "no dispatch is left to call");
     let mut got: Vec<(String, String)> = rx
         .received()
         .iter()
@@ -283,7 +283,8 @@ fn conditions_match_exactly_the_right_events_and_users_stay_apart() {
     // Bob's event reaches only Bob's webhook.
     d.post_events(BOB_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "A", Some("T"), "R9"));
     eventually(WAIT, "bob's delivery", || rx.count() == 7);
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.wait_all_ended(BOB_TOKEN, WAIT), 1);
+    assert_eq!(d.wait_all_ended(ALICE_TOKEN, WAIT), 6);
     assert_eq!(rx.count(), 7);
     assert_eq!(rx.received()[6].path, "/bob");
     let bob_dispatches =
@@ -546,7 +547,7 @@ fn event_idempotency_keys_replay_the_first_answer() {
         d.post_events(ALICE_TOKEN, &json!([e, run_event("ACTOR.RUN.SUCCEEDED", "a", None, "r2")]));
     assert_eq!(in_array[0], first);
     eventually(WAIT, "two deliveries", || rx.count() == 2);
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.wait_all_ended(ALICE_TOKEN, WAIT), 2, "two dispatches, each called once");
     assert_eq!(rx.count(), 2);
     // Bob's keys are his own.
     let bobs = d.post_events(BOB_TOKEN, &e);
@@ -623,7 +624,8 @@ fn bad_events_are_refused_and_change_nothing() {
         0
     );
     assert_eq!(d.req("POST", "/v2/webhook-events", None, Some(&good)).status, 401);
-    std::thread::sleep(Duration::from_millis(100));
+    // No dispatch is stored (above), so nothing can ever be sent.
+    assert_eq!(d.wait_all_ended(ALICE_TOKEN, WAIT), 0);
     assert_eq!(rx.count(), 0);
 }
 

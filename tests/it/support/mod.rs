@@ -174,6 +174,24 @@ impl TestDaemon {
         r.json()["data"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Waits until none of the user's dispatches is ACTIVE, so that none will be called again,
+    /// and returns the calls stored over all of them: once this returns, a receiver's count is
+    /// final (the stored state says so; no sleep).
+    pub fn wait_all_ended(&self, token: &str, within: Duration) -> usize {
+        wait_until(within, "every dispatch to end", || {
+            let page = self.req("GET", "/v2/webhook-dispatches?limit=1000", Some(token), None);
+            let items = page.json()["data"]["items"].as_array()?.clone();
+            if items.iter().any(|i| i["status"] == "ACTIVE") {
+                return None;
+            }
+            let calls = items.iter().map(|i| {
+                let id = i["id"].as_str().unwrap_or_default();
+                self.dispatch(token, id)["calls"].as_array().map_or(0, Vec::len)
+            });
+            Some(calls.sum())
+        })
+    }
+
     /// Posts events; returns the 202 answer's `data`.
     pub fn post_events(&self, token: &str, body: &Value) -> Value {
         let r = self.req("POST", "/v2/webhook-events", Some(token), Some(body));
