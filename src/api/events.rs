@@ -45,19 +45,17 @@ async fn prepare(
     charge: Charge,
 ) -> Result<(Vec<NewEvent>, Charge), ApiError> {
     let keys: Vec<_> = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
-    let matches = state.store.match_webhooks(&user.id, &keys);
     let limits = &state.limits;
-    let dispatches: usize = matches.iter().map(Vec::len).sum();
-    if dispatches > limits.dispatches_per_request_max {
+    let max = limits.dispatches_per_request_max;
+    let Some(matches) = state.store.match_webhooks(&user.id, &keys, max) else {
         return Err(ApiError::Limit {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             kind: "request-too-large",
             message: format!(
-                "This request would create {dispatches} dispatches (events times matching webhooks); at most {} are allowed in one request (limits.dispatches_per_request_max). Nothing was stored",
-                limits.dispatches_per_request_max
+                "This request would create more than {max} dispatches (events times matching webhooks), the limit of one request (limits.dispatches_per_request_max). Nothing was stored"
             ),
         });
-    }
+    };
     let cost = events
         .iter()
         .zip(&matches)

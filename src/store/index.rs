@@ -81,31 +81,41 @@ impl MatchIndex {
         })
     }
 
-    /// For each (event type, data), the user's webhooks it fires, oldest first.
+    /// For each (event type, data), the user's webhooks it fires, oldest first; `None` as soon
+    /// as they come to more than `total_max` in all (the request's dispatch budget), so an
+    /// over-budget request costs no more than the budget.
     pub fn matches(
         &self,
         user_id: &str,
         events: &[(EventType, EventData)],
-    ) -> Vec<Vec<Arc<Webhook>>> {
+        total_max: usize,
+    ) -> Option<Vec<Vec<Arc<Webhook>>>> {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let user = users.get(user_id);
-        events
-            .iter()
-            .map(|(event_type, data)| {
-                let mut matched: Vec<Arc<Webhook>> = Vec::new();
-                let Some(user) = user else { return matched };
+        let mut total = 0usize;
+        let mut out = Vec::with_capacity(events.len());
+        for (event_type, data) in events {
+            let mut matched: Vec<Arc<Webhook>> = Vec::new();
+            if let Some(user) = user {
                 for (kind, value) in data.match_keys() {
                     for w in user.by_kind[slot(kind)].get(value).into_iter().flatten() {
-                        // A webhook with two conditions is listed under both.
-                        if w.matches(*event_type, data) && !matched.iter().any(|m| m.id == w.id) {
+                        if w.matches(*event_type, data) {
                             matched.push(w.clone());
                         }
                     }
                 }
-                matched.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-                matched
-            })
-            .collect()
+            }
+            matched.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+            // A webhook with two conditions is listed under both: once is enough.
+            matched.dedup_by(|a, b| a.id == b.id);
+            // One event's matches are few (a user's webhooks): counted once they are known.
+            total += matched.len();
+            if total > total_max {
+                return None;
+            }
+            out.push(matched);
+        }
+        Some(out)
     }
 }
 
@@ -138,7 +148,7 @@ mod tests {
     }
 
     fn ids(index: &MatchIndex, user: &str, t: EventType, data: EventData) -> Vec<String> {
-        let got = index.matches(user, &[(t, data)]);
+        let got = index.matches(user, &[(t, data)], usize::MAX).expect("within the bound");
         got[0].iter().map(|w| w.id.clone()).collect()
     }
 

@@ -408,12 +408,14 @@ impl Store {
 
     /// For each (event type, data), the user's webhooks it fires, oldest first: from memory
     /// (index.rs), with no read transaction.
+    /// The webhooks each event fires (see `MatchIndex::matches`); `None` past `total_max`.
     pub fn match_webhooks(
         &self,
         user_id: &str,
         events: &[(EventType, EventData)],
-    ) -> Vec<Vec<Arc<Webhook>>> {
-        self.index.matches(user_id, events)
+        total_max: usize,
+    ) -> Option<Vec<Vec<Arc<Webhook>>>> {
+        self.index.matches(user_id, events, total_max)
     }
 
     pub async fn get_dispatch(
