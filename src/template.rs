@@ -64,7 +64,7 @@ fn check_header_value(name: &str, value: &str) -> Result<(), TemplateError> {
 }
 
 mod raw;
-pub use raw::{RawJson, compact};
+pub use raw::{RawJson, compact, compact_valid};
 
 /// The values a template can reference. The resource is kept as text (`RawJson`): it is the
 /// one value of an event that can be large, and is mostly copied whole.
@@ -218,6 +218,12 @@ impl Template {
             }
         }
         Ok(t)
+    }
+
+    /// Whether rendering writes the output directly; otherwise it parses the output into a
+    /// tree (string interpolation, or JSON that is not in compact canonical form).
+    pub fn renders_directly(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// How many `{{variables}}` the template has (raw ones, and those in strings when strings

@@ -15,7 +15,40 @@ use super::body::budget_spent;
 use super::budget::{Charge, TREE_BYTES_PER_JSON_BYTE};
 use super::error::ApiError;
 use crate::model::{EventData, EventType, FieldError, JobKind, parse_timestamp_ms};
-use crate::template::{RawJson, compact};
+use crate::template::{RawJson, compact_valid};
+
+/// How deep a copied value may nest (what `serde_json` allows when it parses into values).
+const NESTING_MAX: usize = 128;
+
+/// Refuses a value (already checked to be valid JSON) that nests deeper than `NESTING_MAX`:
+/// a later parse of a part of it into values would fail there.
+fn check_depth(text: &str) -> Result<(), String> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > NESTING_MAX {
+                    return Err(format!("it nests deeper than {NESTING_MAX} levels"));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// Events in one ingest request.
 pub const EVENTS_PER_REQUEST_MAX: usize = 1000;
@@ -268,10 +301,11 @@ pub fn parse_event(
     let resource = match m.resource {
         None => RawJson::from_compact("null".into()),
         Some(r) if r.get().starts_with('{') => {
-            let text = compact(r.get()).map_err(|e| {
+            // Valid as far as the body's parse goes; the nesting limit is checked here.
+            check_depth(r.get()).map_err(|e| {
                 ApiError::InvalidRequest(format!("{prefix}The resource is not valid JSON: {e}"))
             })?;
-            RawJson::from_compact(text)
+            RawJson::from_compact(compact_valid(r.get()))
         }
         Some(_) => return Err(invalid(prefix, "resource", "must be an object or null")),
     };
@@ -356,7 +390,8 @@ pub fn parse_job_body(
         if name == "id" || name == "userId" {
             continue;
         }
-        let value = compact(raw.get()).map_err(not_json)?;
+        check_depth(raw.get()).map_err(not_json)?;
+        let value = compact_valid(raw.get());
         object.push_str(&format!(",{}:{value}", json!(name)));
     }
     object.push('}');

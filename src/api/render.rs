@@ -15,6 +15,9 @@ use tokio::sync::Semaphore;
 use crate::model::{Call, Dispatch, DispatchStatus, EventType, Webhook};
 use crate::template::{Context, RawJson, Template, TemplateError};
 
+/// How many times its text a parsed tree takes (see `budget::TREE_BYTES_PER_JSON_BYTE`).
+const TREE_FACTOR: usize = super::budget::TREE_BYTES_PER_JSON_BYTE;
+
 type TemplateKey = (String, Option<String>, bool);
 type CacheMap = HashMap<u64, (TemplateKey, Arc<Compiled>)>;
 
@@ -149,14 +152,23 @@ impl Renderer {
         Ok(c)
     }
 
-    /// An upper bound of the bytes `w`'s templates render to when each variable stands for at
-    /// most `value_bytes` bytes: what deciding where to render needs (0 if they do not parse).
+    /// An upper bound of the bytes `w`'s templates take to render when each variable stands
+    /// for at most `value_bytes` bytes: the output, times the tree factor for a template that
+    /// renders through a parsed tree. What deciding where to render needs (0 if they do not
+    /// parse).
     pub fn cost_bytes(&self, w: &Webhook, value_bytes: usize) -> usize {
         let Ok(c) = self.compiled(w) else { return 0 };
-        let variables =
-            c.payload.variable_count() + c.headers.as_ref().map_or(0, |h| h.variable_count());
-        let texts = w.payload_template.len() + w.headers_template.as_ref().map_or(0, String::len);
-        texts.saturating_add(variables.saturating_mul(value_bytes))
+        let output = |t: &Template, text: &str, direct: bool| {
+            let bytes = text.len().saturating_add(t.variable_count().saturating_mul(value_bytes));
+            if direct { bytes } else { bytes.saturating_mul(TREE_FACTOR) }
+        };
+        // Headers always render through a tree (each value is checked).
+        let headers = match (&c.headers, &w.headers_template) {
+            (Some(h), Some(text)) => output(h, text, false),
+            _ => 0,
+        };
+        output(&c.payload, &w.payload_template, c.payload.renders_directly())
+            .saturating_add(headers)
     }
 
     /// The dispatch of `event` to `w`, due at once (or FAILED if it cannot be rendered).

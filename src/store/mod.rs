@@ -305,6 +305,7 @@ impl Store {
                 next_seq,
                 pending_max: limits.webhook_pending_max.max(1),
                 sweeps: load_sweeps(&db)?,
+                user_webhooks: count_user_webhooks(&db)?,
             },
         )?;
         Ok((Store { db, writes: tx, fatal, outbox_changed, index, pending }, handle))
@@ -856,6 +857,24 @@ fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
         }
     }
     Ok((pending, next_seq))
+}
+
+/// How many webhooks each user has.
+fn count_user_webhooks(db: &Database) -> Result<HashMap<String, usize>, StoreError> {
+    let rtx = db.begin_read().map_err(storage)?;
+    let table = rtx.open_table(WEBHOOKS_BY_USER).map_err(storage)?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for entry in table.iter().map_err(storage)? {
+        let (k, _) = entry.map_err(storage)?;
+        let (user, _, _) = k.value();
+        match counts.get_mut(user) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(user.to_string(), 1);
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// Deleted webhooks whose dispatches are still being ended, oldest first.

@@ -189,6 +189,9 @@ struct Batch<'t, 'p> {
     tail: &'p PendingInner,
     /// The match index as of the last commit.
     index: &'p MatchIndex,
+    /// Webhooks per user as of the last commit, and this group's changes to them.
+    user_webhooks: &'p HashMap<String, usize>,
+    user_webhooks_delta: HashMap<String, isize>,
     /// This group's new dispatches (webhook id, dispatch id), in order, for the mirror.
     new_pending: Vec<(String, String)>,
     /// The next `webhook_pending` key.
@@ -208,10 +211,13 @@ impl<'t, 'p> Batch<'t, 'p> {
         tx: &'t WriteTransaction,
         tail: &'p PendingInner,
         index: &'p MatchIndex,
+        user_webhooks: &'p HashMap<String, usize>,
         next_seq: u64,
     ) -> Result<Batch<'t, 'p>, StoreError> {
         Ok(Batch {
             index,
+            user_webhooks,
+            user_webhooks_delta: HashMap::new(),
             webhook_pending: tx.open_table(WEBHOOK_PENDING).map_err(storage)?,
             webhook_sweeps: tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?,
             fold_now: false,
@@ -432,9 +438,10 @@ fn commit_batch(
         // crash takes milliseconds instead of a full repair (seconds per GiB). Its cost is
         // one more fsync per group commit, shared by the whole group.
         tx.set_quick_repair(true);
-        let (new_pending, deleted, next_seq, folding) = {
+        let (new_pending, deleted, next_seq, folding, user_delta) = {
             let tail = state.pending.read();
-            let mut b = Batch::open(&tx, &tail, &state.index, state.next_seq)?;
+            let mut b =
+                Batch::open(&tx, &tail, &state.index, &state.user_webhooks, state.next_seq)?;
             for op in ops.by_ref() {
                 let (answer, failure) = apply(&mut b, op);
                 answers.extend(answer);
@@ -463,6 +470,7 @@ fn commit_batch(
                 std::mem::take(&mut b.deleted),
                 b.next_seq,
                 folding,
+                std::mem::take(&mut b.user_webhooks_delta),
             )
         };
         // See pending.rs: readers must see the folded tables with an empty mirror, or the
@@ -481,6 +489,10 @@ fn commit_batch(
             mirror.forget_webhook(w);
         }
         state.next_seq = next_seq;
+        for (user, delta) in user_delta {
+            let count = state.user_webhooks.entry(user).or_default();
+            *count = count.saturating_add_signed(delta);
+        }
         Ok(())
     })();
     if result.is_ok() {
@@ -511,6 +523,8 @@ pub(crate) struct WriterState {
     pub pending_max: usize,
     /// Deleted webhooks whose dispatches are still being ended: (id, time of the delete).
     pub sweeps: Vec<(String, u64)>,
+    /// Webhooks per user (for `limits.webhooks_per_user_max`), counted at open.
+    pub user_webhooks: HashMap<String, usize>,
 }
 
 /// Dispatches one group ends for deleted webhooks (a delete itself ends this many inline, so
@@ -597,13 +611,12 @@ fn create(b: &mut Batch<'_, '_>, w: Webhook, webhooks_max: usize) -> OpResult<Cr
             return Ok(Ok(Created { webhook, stats, replayed: true }));
         }
     }
-    // Counted up to the limit only: a create costs at most `webhooks_max` index reads.
-    let user = w.user_id.as_str();
-    let range =
-        b.webhooks_by_user.range((user, 0u64, "")..=(user, u64::MAX, ID_MAX)).map_err(storage)?;
-    if range.take(webhooks_max).count() >= webhooks_max {
+    let delta = b.user_webhooks_delta.get(&w.user_id).copied().unwrap_or(0);
+    let count = b.user_webhooks.get(&w.user_id).copied().unwrap_or(0).saturating_add_signed(delta);
+    if count >= webhooks_max {
         return Ok(Err(StoreError::TooManyWebhooks(webhooks_max)));
     }
+    *b.user_webhooks_delta.entry(w.user_id.clone()).or_default() += 1;
     if let Some(key) = &w.idempotency_key {
         b.webhook_idem
             .insert((w.user_id.as_str(), key.as_str()), w.id.as_str())
@@ -656,6 +669,7 @@ fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64) -> OpResu
         return Ok(Err(StoreError::NotFound));
     }
     b.webhooks.remove(id).map_err(storage)?;
+    *b.user_webhooks_delta.entry(user_id.to_string()).or_default() -= 1;
     b.webhook_stats.remove(id).map_err(storage)?;
     b.stats.insert(id.to_string(), None);
     b.webhooks_by_user.remove((user_id, w.created_ms, id)).map_err(storage)?;

@@ -151,27 +151,37 @@ fn index_node(text: &str, at: usize) -> Option<Node> {
 /// outside strings: the compact text every template variable copies.
 pub fn compact(text: &str) -> Result<String, serde_json::Error> {
     serde_json::from_str::<IgnoredAny>(text)?;
+    Ok(compact_valid(text))
+}
+
+/// `text`, which is valid JSON, without whitespace outside strings. Works on bytes: the bytes
+/// that matter (whitespace, quote, backslash) are ASCII and never part of a longer UTF-8
+/// character, so spans between them are copied whole.
+pub fn compact_valid(text: &str) -> String {
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        return text.to_string();
+    }
     let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in text.chars() {
+    let (mut in_string, mut escaped, mut from) = (false, false, 0);
+    for (i, &b) in bytes.iter().enumerate() {
         if in_string {
-            out.push(c);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
-        } else if c == '"' {
+        } else if b == b'"' {
             in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            out.push(c);
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push_str(text.get(from..i).unwrap_or_default());
+            from = i + 1;
         }
     }
-    Ok(out)
+    out.push_str(text.get(from..).unwrap_or_default());
+    out
 }
 
 #[cfg(test)]

@@ -514,3 +514,24 @@ fn deleting_a_webhook_with_many_active_dispatches_never_stalls_the_writer() {
         (failed == total).then_some(())
     });
 }
+
+/// Row 11: a resource too large for its default payload (rows 9 and 10, headers and URLs a
+/// sender cannot send, are in limits.rs; row 12, a half-written token file, in app.rs).
+#[test]
+fn a_resource_too_large_to_render_is_refused_at_ingest() {
+    let d = TestDaemon::start(PRIVATE);
+    d.create_webhook(ALICE_TOKEN, &webhook_body("huge", &closed_url()));
+    let probe = Probe::bob_lists(d.addr);
+    let mb = size(5, 8);
+    let event = event_for("huge", "r1", json!({"blob": "x".repeat(mb * 1_000_000)}));
+    let r = post_alice(&d, event.to_string().as_bytes());
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["error"]["message"].as_str().unwrap().contains("limits.template_output_bytes_max")
+    );
+    let listed = d.req("GET", "/v2/webhook-dispatches?limit=1", Some(ALICE_TOKEN), None).json();
+    assert_eq!(listed["data"]["total"], 0, "refused, not accepted and FAILED");
+    println!("a {mb} MB resource: 413 at ingest");
+    probe.finish().assert_within("large resource", 1000, 3000);
+    assert_peak_rss(&d, "large resource", 256);
+}

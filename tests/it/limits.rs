@@ -96,7 +96,7 @@ fn what_a_sender_cannot_send_is_refused_at_the_door() {
 
 #[test]
 fn budgets_refuse_a_request_whole_and_store_nothing() {
-    let d = TestDaemon::start(
+    let mut d = TestDaemon::start(
         "[limits]\nwebhooks_per_user_max = 20\ndispatches_per_request_max = 50\nrendered_bytes_per_request_max = 300000\ntemplate_output_bytes_max = 20000",
     );
     let twice = json!("[{{resource}}, {{resource}}]");
@@ -116,6 +116,9 @@ fn budgets_refuse_a_request_whole_and_store_nothing() {
     keyed["idempotencyKey"] = json!("k1");
     refused(&d, "21st webhook with a key", post, &keyed, (400, "too-many-webhooks"), &limit);
     assert_eq!(d.req("POST", "/v2/webhooks", Some(BOB_TOKEN), Some(&body)).status, 201, "bob");
+    // The count is the stored one, after a restart too.
+    d.restart();
+    refused(&d, "21st webhook after a restart", post, &body, (400, "too-many-webhooks"), &limit);
 
     let events = ("POST", "/v2/webhook-events");
     let too_large = (413, "request-too-large");
@@ -147,4 +150,11 @@ fn budgets_refuse_a_request_whole_and_store_nothing() {
     let ids: usize =
         ok.as_array().unwrap().iter().map(|a| a["dispatchIds"].as_array().unwrap().len()).sum();
     assert_eq!(ids, 40);
+    // A delete frees a place under the limit.
+    let list = d.req("GET", "/v2/webhooks?limit=1", Some(ALICE_TOKEN), None).json();
+    let first = list["data"]["items"][0]["id"].as_str().unwrap().to_string();
+    let deleted = d.req("DELETE", &format!("/v2/webhooks/{first}"), Some(ALICE_TOKEN), None);
+    assert_eq!(deleted.status, 204);
+    d.create_webhook(ALICE_TOKEN, &body);
+    refused(&d, "21st again", post, &body, (400, "too-many-webhooks"), &["20"]);
 }
