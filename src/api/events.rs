@@ -19,12 +19,13 @@ use super::event_input::{
     ID_CHARS_MAX, Incoming, event_data, id_field, invalid, parse_event, parse_job_body,
     split_events, stored_status, value_bytes_max,
 };
-use super::render::{EventParts, Renderer};
+use super::render::{Compiled, EventParts, Renderer};
 use crate::config::User;
 use crate::model::{
     EventData, JOB_STATUSES, JobKind, Webhook, format_timestamp_ms, job_transition_events,
 };
 use crate::store::{EventAnswer, JobReport, NewEvent, StoreError};
+use crate::template::TemplateError;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -56,10 +57,15 @@ async fn prepare(
             ),
         });
     };
+    // Each matched webhook's templates, looked up once for the cost and the render.
+    let matches: Vec<Vec<Matched>> = matches
+        .into_iter()
+        .map(|ws| ws.into_iter().map(|w| (state.renderer.compiled(&w), w)).collect())
+        .collect();
     let cost = events
         .iter()
         .zip(&matches)
-        .flat_map(|(e, ws)| ws.iter().map(|w| state.renderer.cost_bytes(w, e.value_bytes_max)))
+        .flat_map(|(e, ws)| ws.iter().map(|(c, w)| Renderer::cost_bytes(c, w, e.value_bytes_max)))
         .fold(0usize, usize::saturating_add);
     let job = RenderJob {
         renderer: state.renderer.clone(),
@@ -76,12 +82,15 @@ async fn prepare(
     }
 }
 
+/// A matched webhook with its templates (or why they do not parse).
+type Matched = (Result<Arc<Compiled>, TemplateError>, Arc<Webhook>);
+
 /// The rendering of one request's events, runnable on any thread.
 struct RenderJob {
     renderer: Arc<Renderer>,
     user_id: String,
     events: Vec<Incoming>,
-    matches: Vec<Vec<Arc<Webhook>>>,
+    matches: Vec<Vec<Matched>>,
     rendered_bytes_max: usize,
     /// The rendered bytes are held until the request is answered: charged here as rendered.
     charge: Charge,
@@ -110,8 +119,8 @@ impl RenderJob {
             let parts =
                 EventParts::new(&self.user_id, e.created_ms, e.event_type, e.data_json, e.resource);
             let mut dispatches = Vec::with_capacity(webhooks.len());
-            for w in &webhooks {
-                let d = self.renderer.dispatch(new_id(now_ms)?, w, &parts, now_ms);
+            for (compiled, w) in &webhooks {
+                let d = self.renderer.dispatch_with(new_id(now_ms)?, w, compiled, &parts, now_ms);
                 let bytes =
                     d.body.len() + d.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
                 rendered_bytes += bytes;

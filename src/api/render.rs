@@ -21,7 +21,8 @@ const TREE_FACTOR: usize = super::budget::TREE_BYTES_PER_JSON_BYTE;
 type TemplateKey = (String, Option<String>, bool);
 type CacheMap = HashMap<u64, (TemplateKey, Arc<Compiled>)>;
 
-struct Compiled {
+/// A webhook's templates, parsed (shared by every webhook with the same texts).
+pub struct Compiled {
     payload: Template,
     headers: Option<Template>,
 }
@@ -108,7 +109,8 @@ impl Renderer {
         }
     }
 
-    fn compiled(&self, w: &Webhook) -> Result<Arc<Compiled>, TemplateError> {
+    /// `w`'s templates, parsed once per distinct text.
+    pub fn compiled(&self, w: &Webhook) -> Result<Arc<Compiled>, TemplateError> {
         let hash = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -156,8 +158,12 @@ impl Renderer {
     /// for at most `value_bytes` bytes: the output, times the tree factor for a template that
     /// renders through a parsed tree. What deciding where to render needs (0 if they do not
     /// parse).
-    pub fn cost_bytes(&self, w: &Webhook, value_bytes: usize) -> usize {
-        let Ok(c) = self.compiled(w) else { return 0 };
+    pub fn cost_bytes(
+        compiled: &Result<Arc<Compiled>, TemplateError>,
+        w: &Webhook,
+        value_bytes: usize,
+    ) -> usize {
+        let Ok(c) = compiled else { return 0 };
         let output = |t: &Template, text: &str, direct: bool| {
             let bytes = text.len().saturating_add(t.variable_count().saturating_mul(value_bytes));
             if direct { bytes } else { bytes.saturating_mul(TREE_FACTOR) }
@@ -173,8 +179,21 @@ impl Renderer {
 
     /// The dispatch of `event` to `w`, due at once (or FAILED if it cannot be rendered).
     pub fn dispatch(&self, id: String, w: &Webhook, event: &EventParts, now_ms: u64) -> Dispatch {
+        let compiled = self.compiled(w);
+        self.dispatch_with(id, w, &compiled, event, now_ms)
+    }
+
+    /// Like [`Renderer::dispatch`], with `w`'s templates already looked up.
+    pub fn dispatch_with(
+        &self,
+        id: String,
+        w: &Webhook,
+        compiled: &Result<Arc<Compiled>, TemplateError>,
+        event: &EventParts,
+        now_ms: u64,
+    ) -> Dispatch {
         let ctx = &event.context;
-        let rendered = self.compiled(w).and_then(|c| {
+        let rendered = compiled.as_ref().map_err(Clone::clone).and_then(|c| {
             let body = c.payload.render_to_string(ctx, self.output_bytes_max)?;
             let headers = match &c.headers {
                 Some(h) => h.render_headers(ctx, self.output_bytes_max)?,

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use error::StoreError;
@@ -256,6 +256,9 @@ pub struct Store {
     outbox_changed: Arc<Notify>,
     index: Arc<MatchIndex>,
     pending: Arc<Pending>,
+    /// Set while deleted webhooks are being swept (so a scheduler pass looks at
+    /// `webhook_sweeps` only then).
+    sweeping: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -287,6 +290,8 @@ impl Store {
         init_schema(&db)?;
         let index = Arc::new(load_index(&db)?);
         let (pending, next_seq) = load_pending(&db)?;
+        let sweeps = load_sweeps(&db)?;
+        let sweeping = Arc::new(AtomicBool::new(!sweeps.is_empty()));
         let pending = Arc::new(pending);
         let db = Arc::new(db);
         let fatal = Arc::new(Fatal::default());
@@ -304,11 +309,12 @@ impl Store {
                 pending: pending.clone(),
                 next_seq,
                 pending_max: limits.webhook_pending_max.max(1),
-                sweeps: load_sweeps(&db)?,
+                sweeps,
+                sweeping: sweeping.clone(),
                 user_webhooks: count_user_webhooks(&db)?,
             },
         )?;
-        Ok((Store { db, writes: tx, fatal, outbox_changed, index, pending }, handle))
+        Ok((Store { db, writes: tx, fatal, outbox_changed, index, pending, sweeping }, handle))
     }
 
     /// Notified after every commit that added outbox keys.
@@ -482,13 +488,17 @@ impl Store {
     /// nothing; a target whose next due dispatch belongs to a user at its bound is left after
     /// that one read, until the next pass.
     pub async fn due_dispatches(&self, req: DueRequest) -> Result<Due, StoreError> {
+        let sweeping = self.sweeping.load(Ordering::Acquire);
         self.read(move |rtx| {
             let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
             let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
             let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
             // Deleted webhooks whose ACTIVE dispatches the writer is still ending: not called.
-            let sweeps = rtx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
-            let sweeping = !sweeps.is_empty().map_err(storage)?;
+            let sweeps = if sweeping {
+                Some(rtx.open_table(WEBHOOK_SWEEPS).map_err(storage)?)
+            } else {
+                None
+            };
             let mut due = Due::default();
             let mut taken_per_user: HashMap<String, usize> = HashMap::new();
             let start = req.start_after.clone().map(|t| t + "\u{0}").unwrap_or_default();
@@ -535,8 +545,11 @@ impl Store {
                         let Some(d) = read_dispatch(&requests, &states, id)? else {
                             return Err(StoreError::Corrupt(format!("outbox names missing {id}")));
                         };
-                        if sweeping && sweeps.get(d.webhook_id.as_str()).map_err(storage)?.is_some()
-                        {
+                        let swept = match &sweeps {
+                            Some(t) => t.get(d.webhook_id.as_str()).map_err(storage)?.is_some(),
+                            None => false,
+                        };
+                        if swept {
                             // Ended within moments; the target's other work waits for that.
                             break;
                         }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
@@ -476,7 +477,14 @@ fn commit_batch(
         // See pending.rs: readers must see the folded tables with an empty mirror, or the
         // unfolded ones with the full mirror; so a folding commit happens under the write lock.
         let mut mirror = if folding { Some(state.pending.write()) } else { None };
+        // Set before the commit that adds a sweep, cleared after the one that ends the last.
+        if !state.sweeps.is_empty() {
+            state.sweeping.store(true, Ordering::Release);
+        }
         tx.commit().map_err(storage)?;
+        if state.sweeps.is_empty() {
+            state.sweeping.store(false, Ordering::Release);
+        }
         let mut mirror = mirror.take().unwrap_or_else(|| state.pending.write());
         if folding {
             mirror.clear();
@@ -523,6 +531,8 @@ pub(crate) struct WriterState {
     pub pending_max: usize,
     /// Deleted webhooks whose dispatches are still being ended: (id, time of the delete).
     pub sweeps: Vec<(String, u64)>,
+    /// Shared with the store's readers: set while `sweeps` is not empty.
+    pub sweeping: Arc<AtomicBool>,
     /// Webhooks per user (for `limits.webhooks_per_user_max`), counted at open.
     pub user_webhooks: HashMap<String, usize>,
 }
