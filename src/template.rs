@@ -64,7 +64,7 @@ fn check_header_value(name: &str, value: &str) -> Result<(), TemplateError> {
 }
 
 mod raw;
-pub use raw::{RawJson, compact, compact_valid};
+pub use raw::{RawJson, compact, compact_valid, nests_deeper_than};
 
 /// The values a template can reference. The resource is kept as text (`RawJson`): it is the
 /// one value of an event that can be large, and is mostly copied whole.

@@ -15,7 +15,7 @@ use super::body::budget_spent;
 use super::budget::{Charge, TREE_BYTES_PER_JSON_BYTE};
 use super::error::ApiError;
 use crate::model::{EventData, EventType, FieldError, JobKind, parse_timestamp_ms};
-use crate::template::{RawJson, compact_valid};
+use crate::template::{RawJson, compact_valid, nests_deeper_than};
 
 /// How deep a copied value may nest (what `serde_json` allows when it parses into values).
 const NESTING_MAX: usize = 128;
@@ -23,29 +23,8 @@ const NESTING_MAX: usize = 128;
 /// Refuses a value (already checked to be valid JSON) that nests deeper than `NESTING_MAX`:
 /// a later parse of a part of it into values would fail there.
 fn check_depth(text: &str) -> Result<(), String> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text.as_bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > NESTING_MAX {
-                    return Err(format!("it nests deeper than {NESTING_MAX} levels"));
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
+    if nests_deeper_than(text, NESTING_MAX) {
+        return Err(format!("it nests deeper than {NESTING_MAX} levels"));
     }
     Ok(())
 }

@@ -163,8 +163,40 @@ pub fn compact_valid(text: &str) -> String {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped, mut from) = (false, false, 0);
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut from = 0;
+    for (i, b) in outside_strings(text) {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push_str(text.get(from..i).unwrap_or_default());
+            from = i + 1;
+        }
+    }
+    out.push_str(text.get(from..).unwrap_or_default());
+    out
+}
+
+/// Whether `text`, valid JSON, nests objects and arrays deeper than `max`.
+pub fn nests_deeper_than(text: &str, max: usize) -> bool {
+    let mut depth = 0usize;
+    for (_, b) in outside_strings(text) {
+        match b {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The bytes of a JSON text that are not inside strings (quotes included), with their
+/// positions: the ones that are whitespace or structure.
+fn outside_strings(text: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    text.bytes().enumerate().filter(move |&(_, b)| {
         if in_string {
             if escaped {
                 escaped = false;
@@ -173,15 +205,12 @@ pub fn compact_valid(text: &str) -> String {
             } else if b == b'"' {
                 in_string = false;
             }
-        } else if b == b'"' {
-            in_string = true;
-        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.push_str(text.get(from..i).unwrap_or_default());
-            from = i + 1;
+            false
+        } else {
+            in_string = b == b'"';
+            true
         }
-    }
-    out.push_str(text.get(from..).unwrap_or_default());
-    out
+    })
 }
 
 #[cfg(test)]
@@ -221,5 +250,14 @@ mod tests {
         );
         assert!(compact("{\"a\": }").is_err());
         assert!(compact("[1] [2]").is_err());
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        assert!(nests_deeper_than(&deep, 128));
+        assert!(!nests_deeper_than(&deep[1..deep.len() - 1], 128));
+        assert!(!nests_deeper_than(r#"["[[[[", {"a": "{{{{"}]"#, 2));
+        assert!(nests_deeper_than(r#"[[["\"["]]]"#, 2));
     }
 }

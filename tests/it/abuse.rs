@@ -452,28 +452,11 @@ fn deleting_a_webhook_with_many_active_dispatches_never_stalls_the_writer() {
         "delete of a webhook with {dispatches} ACTIVE dispatches answered in {:?}",
         started.elapsed()
     );
-    let ended_all = |d: &TestDaemon| {
-        let mut removed = 0;
-        let mut offset = 0;
-        loop {
-            let page = d
-                .req(
-                    "GET",
-                    &format!("/v2/webhook-dispatches?limit=1000&offset={offset}"),
-                    Some(ALICE_TOKEN),
-                    None,
-                )
-                .json();
-            let items = page["data"]["items"].as_array().unwrap().clone();
-            removed += items.iter().filter(|i| i["status"] == "FAILED").count();
-            offset += items.len();
-            if items.is_empty() {
-                return removed == dispatches;
-            }
-        }
+    let failed = |d: &TestDaemon| {
+        d.all_dispatches(ALICE_TOKEN).iter().filter(|i| i["status"] == "FAILED").count()
     };
     wait_until(Duration::from_secs(size(30, 600) as u64), "every dispatch to end", || {
-        ended_all(&d).then_some(())
+        (failed(&d) == dispatches).then_some(())
     });
     println!("all {dispatches} ended {:?} after the delete", started.elapsed());
     probe.finish().assert_within("delete", 1000, 3000);
@@ -493,25 +476,7 @@ fn deleting_a_webhook_with_many_active_dispatches_never_stalls_the_writer() {
     d.restart();
     let total = dispatches + 3000;
     wait_until(Duration::from_secs(30), "the sweep to finish after a restart", || {
-        let mut failed = 0;
-        let mut offset = 0;
-        loop {
-            let page = d
-                .req(
-                    "GET",
-                    &format!("/v2/webhook-dispatches?limit=1000&offset={offset}"),
-                    Some(ALICE_TOKEN),
-                    None,
-                )
-                .json();
-            let items = page["data"]["items"].as_array().unwrap().clone();
-            failed += items.iter().filter(|i| i["status"] == "FAILED").count();
-            offset += items.len();
-            if items.is_empty() {
-                break;
-            }
-        }
-        (failed == total).then_some(())
+        (failed(&d) == total).then_some(())
     });
 }
 

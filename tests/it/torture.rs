@@ -161,26 +161,9 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
     let mut ended: HashMap<String, Value> = HashMap::new();
     wait_until(Duration::from_secs(300), "every acknowledged dispatch to end", || {
         ended.clear();
-        let mut offset = 0;
-        loop {
-            let page = d
-                .req(
-                    "GET",
-                    &format!("/v2/webhook-dispatches?limit=1000&offset={offset}"),
-                    Some(ALICE_TOKEN),
-                    None,
-                )
-                .json()["data"]
-                .clone();
-            let items = page["items"].as_array().unwrap().clone();
-            if items.is_empty() {
-                break;
-            }
-            offset += items.len();
-            for i in items {
-                if i["status"] != "ACTIVE" {
-                    ended.insert(i["id"].as_str().unwrap().to_string(), i);
-                }
+        for i in d.all_dispatches(ALICE_TOKEN) {
+            if i["status"] != "ACTIVE" {
+                ended.insert(i["id"].as_str().unwrap().to_string(), i);
             }
         }
         acked_ids.iter().all(|id| ended.contains_key(*id)).then_some(())

@@ -174,6 +174,20 @@ impl TestDaemon {
         r.json()["data"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Every dispatch of the user as the list route shows it, page by page.
+    pub fn all_dispatches(&self, token: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let path = format!("/v2/webhook-dispatches?limit=1000&offset={}", all.len());
+            let page = self.req("GET", &path, Some(token), None).json();
+            let items = page["data"]["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                return all;
+            }
+            all.extend(items);
+        }
+    }
+
     /// Waits until none of the user's dispatches is ACTIVE, so that none will be called again,
     /// and returns the calls stored over all of them: once this returns, a receiver's count is
     /// final (the stored state says so; no sleep).
