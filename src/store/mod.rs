@@ -2,6 +2,7 @@
 //! the blocking pool; every write goes to the single writer thread (writer.rs) and is answered
 //! only after its group's commit. `redb` is named only under this folder.
 
+mod batch;
 mod error;
 mod index;
 mod pending;
