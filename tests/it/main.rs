@@ -7,6 +7,7 @@ mod clients;
 mod crash;
 mod delivery;
 mod faults;
+mod fixture;
 mod hostile;
 mod limits;
 mod security;

@@ -37,6 +37,23 @@ impl TestDaemon {
         TestDaemon::start_logging(extra_config, "hookd=debug")
     }
 
+    /// Like [`TestDaemon::start`], on a copy of the store file `store` (a fixture).
+    pub fn start_on_store(extra_config: &str, store: &Path) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        std::fs::copy(store, data.join("hookd.redb")).expect("copy the store");
+        let mut d = TestDaemon {
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            extra_config: extra_config.to_string(),
+            log_filter: "hookd=debug".to_string(),
+        };
+        d.spawn();
+        d
+    }
+
     /// Like [`TestDaemon::start`], with `RUST_LOG` set to `log_filter`.
     pub fn start_logging(extra_config: &str, log_filter: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
