@@ -23,7 +23,7 @@ fn run(cmd: &mut Command, what: &str) {
 }
 
 /// A virtualenv with the pinned Python client; reinstalled when requirements.txt changes.
-fn python_env() -> PathBuf {
+pub fn python_env() -> PathBuf {
     let venv = target_dir().join("pyenv");
     let requirements = std::fs::read_to_string(clients_dir().join("requirements.txt")).unwrap();
     let marker = venv.join("installed-requirements.txt");
@@ -44,7 +44,7 @@ fn python_env() -> PathBuf {
 }
 
 /// node_modules with the pinned JS client; reinstalled when the lock file changes.
-fn js_modules() -> PathBuf {
+pub fn js_modules() -> PathBuf {
     let dir = target_dir().join("jsclient");
     let lock = std::fs::read_to_string(clients_dir().join("package-lock.json")).unwrap();
     let marker = dir.join("installed-lock.json");

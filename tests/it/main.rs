@@ -10,6 +10,7 @@ mod faults;
 mod fixture;
 mod hostile;
 mod limits;
+mod readme;
 mod security;
 mod sim;
 mod storage;
