@@ -540,6 +540,37 @@ mod tests {
         }
     }
 
+    /// Every commented example in config.example.toml (a `# key = value` or `# [section]`
+    /// line) is valid when uncommented.
+    #[test]
+    fn example_file_with_its_examples_uncommented_loads() {
+        let text = include_str!("../config.example.toml");
+        let mut uncommented = String::new();
+        let mut examples = 0;
+        for line in text.lines() {
+            let example = line.strip_prefix("# ").filter(|rest| {
+                rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+            });
+            match example {
+                Some(rest) => {
+                    examples += 1;
+                    uncommented.push_str(rest);
+                }
+                None => uncommented.push_str(line),
+            }
+            uncommented.push('\n');
+        }
+        assert!(examples >= 3, "the example user is there to uncomment");
+        let c = load(&uncommented, &[]).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(
+            c.users,
+            vec![User { id: "alice".into(), token: "a-long-random-secret".into() }]
+        );
+    }
+
     #[test]
     fn no_file_gives_the_spec_defaults() {
         let c = Config::load(None, &BTreeMap::new()).expect("defaults load");
