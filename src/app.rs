@@ -51,6 +51,13 @@ pub async fn run_on(
     let users = if config.users.is_empty() {
         vec![admin_user(&config.data_dir)?]
     } else {
+        let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
+        if token_file.exists() {
+            tracing::warn!(
+                file = %token_file.display(),
+                "users are configured, so the user admin is not created and its token no longer authenticates; delete the file, or list admin among the users"
+            );
+        }
         config.users.clone()
     };
     let store_path = config.data_dir.join(STORE_FILE);

@@ -237,7 +237,12 @@ impl Config {
         let d = Config::default();
         let listen = match raw.listen {
             Some(s) => s.parse().map_err(|_| {
-                err("listen", format!("{s:?} is not an address of the form HOST:PORT"))
+                err(
+                    "listen",
+                    format!(
+                        "{s:?} is not an IP address and port such as 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080 (host names such as localhost are not accepted)"
+                    ),
+                )
             })?,
             None => d.listen,
         };
@@ -503,6 +508,13 @@ fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<
                 .map_err(|_| err(name.clone(), format!("{text:?} is not a TOML value")))?;
             doc.get("v").cloned().ok_or_else(|| err(name.clone(), "has no value"))?
         };
+        // A value of the wrong type is named here, by its variable, not later as the file's.
+        if std::mem::discriminant(&value) != std::mem::discriminant(default) {
+            return Err(err(
+                name.clone(),
+                format!("{text:?} is not {} (like the default, {default})", default.type_str()),
+            ));
+        }
         match key.split_once('.') {
             None => {
                 table.insert(key.clone(), value);
@@ -638,6 +650,16 @@ mod tests {
         assert_eq!(c.limits.write_batch_max, 10);
         let e = load("", &[("HOOKD_DELIVERY_TIMEOUT_MS", "soon")]).expect_err("bad");
         assert_eq!(e.key, "HOOKD_DELIVERY_TIMEOUT_MS");
+        for (name, text) in [
+            ("HOOKD_DELIVERY_TIMEOUT_MS", "true"),
+            ("HOOKD_DELIVERY_ALLOW_PRIVATE_TARGETS", "1"),
+            ("HOOKD_DELIVERY_RETRY_DELAYS_MS", "5"),
+        ] {
+            let e = load("", &[(name, text)]).expect_err(name);
+            assert_eq!(e.key, name, "{e}");
+        }
+        let e = load("listen = \"localhost:8080\"", &[]).expect_err("host name");
+        assert!(e.message.contains("host names such as localhost are not accepted"), "{e}");
     }
 
     #[test]

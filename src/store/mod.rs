@@ -285,7 +285,10 @@ impl Store {
             tracing::debug!(progress = session.progress(), "repair");
         });
         let db = match storage {
-            Storage::File => builder.create(path).map_err(storage_error)?,
+            Storage::File => {
+                create_private(path)?;
+                builder.create(path).map_err(storage_error)?
+            }
             Storage::Backend(b) => builder.create_with_backend(Boxed(b)).map_err(storage_error)?,
         };
         init_schema(&db)?;
@@ -871,6 +874,17 @@ fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
         }
     }
     Ok((pending, next_seq))
+}
+
+/// Creates the store file empty and readable by its owner only (it holds header templates,
+/// which carry secrets), unless it exists; redb initialises an empty file.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Storage(format!("cannot create {}: {e}", path.display()))),
+    }
 }
 
 /// How many webhooks each user has.

@@ -119,6 +119,9 @@ fn default_config_creates_the_admin_token_once() {
     let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
+    // The store holds header templates (secrets): readable by its owner only.
+    let store_path = dir.path().join("data/hookd.redb");
+    assert_eq!(std::fs::metadata(&store_path).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(token.len() >= 32);
     let r = raw_request(
         addr,
@@ -139,6 +142,19 @@ fn default_config_creates_the_admin_token_once() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn a_leftover_admin_token_is_reported_once_users_are_configured() {
+    let mut d = TestDaemon::start("");
+    std::fs::write(d.data_dir().join("admin.token"), "old-admin-token\n").unwrap();
+    d.restart();
+    assert!(
+        d.log().contains("users are configured, so the user admin is not created"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.req("GET", "/v2/webhooks", Some("old-admin-token"), None).status, 401);
 }
 
 #[test]
