@@ -19,17 +19,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
+use http::{Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Limits, User};
 use crate::store::{DispatchScope, Store, WebhookScope};
+use body::json_response;
 pub use budget::ByteBudget;
 use budget::TREE_BYTES_PER_JSON_BYTE;
 pub use error::ApiError;
@@ -198,6 +200,12 @@ async fn route(
     if !route.allowed().contains(&parts.method) {
         return Err(ApiError::MethodNotAllowed(route.allowed_text()));
     }
+    // Probes answer without a token: a load balancer or systemd has none.
+    match route {
+        Route::Health => return Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Ready => return ready(state),
+        _ => {}
+    }
     let user = routes::authenticate(&state.users, &parts.headers, &query)?;
     // Everything this request holds (body, rendered dispatches) is charged here until it is
     // answered.
@@ -249,5 +257,19 @@ async fn route(
         (Route::Job(kind, id), _) => {
             events::put_job(state, user, kind, id, read_bytes(body).await?).await
         }
+        (Route::Health | Route::Ready, _) => Err(ApiError::Internal("probe routed late".into())),
     }
+}
+
+/// `/readyz`: 200 while the store takes writes; 503 once a storage error has stopped it (the
+/// process is then shutting down).
+fn ready(state: &ApiState) -> Result<Response<Full<Bytes>>, ApiError> {
+    let fatal = state.store.fatal();
+    if fatal.is_failed() {
+        return Err(ApiError::Unavailable(format!(
+            "The store stopped after a storage error: {}",
+            fatal.message()
+        )));
+    }
+    Ok(json_response(StatusCode::OK, &json!({"status": "ready"})))
 }

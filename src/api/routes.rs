@@ -22,10 +22,19 @@ pub enum Route {
     Events,
     /// `/v2/actor-runs/{id}`, `/v2/actor-builds/{id}`.
     Job(JobKind, String),
+    /// `/healthz`: the process answers. No token.
+    Health,
+    /// `/readyz`: the process answers and its store takes writes. No token.
+    Ready,
 }
 
 impl Route {
     pub fn parse(path: &str) -> Option<Route> {
+        match path {
+            "/healthz" => return Some(Route::Health),
+            "/readyz" => return Some(Route::Ready),
+            _ => {}
+        }
         let rest = path.strip_prefix("/v2/")?;
         let segs: Vec<String> =
             rest.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect::<Option<_>>()?;
@@ -57,6 +66,7 @@ impl Route {
             Route::Webhook(_) => &[Method::GET, Method::PUT, Method::DELETE],
             Route::WebhookTest(_) | Route::Events => &[Method::POST],
             Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
+            Route::Health | Route::Ready => &[Method::GET, Method::HEAD],
             Route::Job(..) => &[Method::GET, Method::PUT],
         }
     }

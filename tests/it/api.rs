@@ -898,3 +898,19 @@ fn bad_input_is_refused_and_changes_nothing() {
     }
     assert_eq!(snapshot(&d), before, "a refused request changed the store");
 }
+
+#[test]
+fn probes_answer_without_a_token() {
+    let d = TestDaemon::start("");
+    for token in [None, Some("wrong-token")] {
+        let r = d.req("GET", "/healthz", token, None);
+        assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})));
+        let r = d.req("GET", "/readyz", token, None);
+        assert_eq!((r.status, r.json()), (200, json!({"status": "ready"})));
+    }
+    assert_eq!(d.req("HEAD", "/readyz", None, None).status, 200);
+    let r = d.req("POST", "/healthz", None, Some(&json!({})));
+    assert_eq!((r.status, r.error_type().as_str()), (405, "method-not-allowed"));
+    // The API itself still wants one.
+    assert_eq!(d.req("GET", "/v2/webhooks", None, None).status, 401);
+}

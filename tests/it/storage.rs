@@ -231,7 +231,19 @@ fn fault_case(name: &str, inject: impl Fn(&Faults)) {
         ],
         run_event("ACTOR.RUN.SUCCEEDED", "a0", None, "r").to_string().as_bytes(),
     );
+    // Not ready once the store has failed (or already gone, like the write above).
+    let ready = try_raw_request(addr, "GET", "/readyz", &[], b"");
     let result = result.join().unwrap();
+    match ready {
+        Ok(r) => {
+            assert_eq!(r.status, 503, "{name}: /readyz after the fault");
+            let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+            assert!(message.contains("storage error"), "{name}: {message}");
+        }
+        Err(e) => {
+            assert!(result.is_err(), "{name}: /readyz failed ({e}) but nothing stopped the daemon")
+        }
+    }
     match later {
         Ok(r) => assert_eq!(r.status, 503, "{name}: a later write"),
         Err(e) => assert!(
