@@ -71,8 +71,8 @@ pub async fn read_body(
     max: usize,
     timeout: Duration,
     charge: &mut Charge,
-    budget_max: usize,
 ) -> Result<Vec<u8>, ApiError> {
+    let budget_max = charge.budget_max();
     let encodings = content_encodings(headers)?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
     if declared.and_then(|len| len.trim().parse::<u64>().ok()).is_some_and(|n| n > max as u64) {

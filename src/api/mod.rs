@@ -136,7 +136,6 @@ async fn read_bytes(
         state.limits.body_bytes_max,
         Duration::from_millis(state.limits.body_read_timeout_ms),
         charge,
-        state.request_bytes.max(),
     )
     .await
 }
@@ -158,9 +157,6 @@ impl PeerSlot {
         let mut map = peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let open = map.entry(ip).or_default();
         if *open >= max {
-            if *open == 0 {
-                map.remove(&ip);
-            }
             return None;
         }
         *open += 1;

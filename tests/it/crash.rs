@@ -95,25 +95,7 @@ fn sigterm_exits_zero_and_the_next_start_is_clean() {
 #[test]
 fn default_config_creates_the_admin_token_once() {
     let dir = tempfile::tempdir().unwrap();
-    let start = || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
-            .current_dir(dir.path())
-            .env("HOOKD_LISTEN", "127.0.0.1:0")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert!(line.starts_with("ready listen=127.0.0.1:"), "{line:?}");
-        let addr: std::net::SocketAddr =
-            line.trim().trim_start_matches("ready listen=").parse().unwrap();
-        (child, addr)
-    };
+    let start = || start_on_defaults(dir.path());
     let (mut child, addr) = start();
     let token_path = dir.path().join("data/admin.token");
     let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::clients::{js_modules, python_env};
+use crate::support::start_on_defaults;
 
 /// The fenced blocks of README.md: (language, text).
 fn snippets() -> Vec<(String, String)> {
@@ -40,20 +41,8 @@ fn run_in(dir: &Path, mut cmd: Command, what: &str) -> String {
 fn readme_snippets_run_as_written() {
     let (python, modules) = (python_env(), js_modules());
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookd"))
-        .current_dir(dir.path())
-        .env("HOOKD_LISTEN", "127.0.0.1:0")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line.trim().trim_start_matches("ready listen=").to_string();
+    let (mut child, addr) = start_on_defaults(dir.path());
+    let addr = addr.to_string();
     let blocks = snippets();
     let with_addr = |text: &str| text.replace("127.0.0.1:8080", &addr);
     let mut ran = Vec::new();

@@ -383,6 +383,23 @@ pub fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option
     }
 }
 
+/// Starts the binary with no config file in `dir` (its built-in defaults: data in `./data`, the
+/// `admin` user), on a free port; returns the process and the address of its ready line.
+pub fn start_on_defaults(dir: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .current_dir(dir)
+        .env("HOOKD_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hookd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+    assert!(line.starts_with("ready listen=127.0.0.1:"), "{line:?}");
+    let addr = line.trim().trim_start_matches("ready listen=").parse().expect("address");
+    (child, addr)
+}
+
 /// A webhook create body.
 pub fn webhook_body(actor: &str, url: &str) -> Value {
     serde_json::json!({
