@@ -3,7 +3,7 @@
 //! It also measures a trivial hyper server (answering 202) with the same load generator, and
 //! prints hookd's ingest rate as a share of it.
 //!
-//!   cargo bench --bench load -- [burst|batch|steady|fanout|many-webhooks|backlog|all|smoke]
+//!   cargo bench --bench load -- [burst|batch|steady|fanout|many-webhooks|backlog|all|smoke|soak]
 //!
 //! `smoke` is a few-second run of every scenario at tiny sizes (part of the test command, so the
 //! benchmark cannot rot); it checks only that numbers were produced.
@@ -36,6 +36,10 @@ struct Sizes {
     many_webhooks: usize,
     backlog_events: usize,
     connections: usize,
+    /// The soak: rate, length and retention window (each can be set by a variable).
+    soak_rate: u64,
+    soak_seconds: u64,
+    soak_window_ms: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -46,6 +50,9 @@ const FULL: Sizes = Sizes {
     many_webhooks: 100_000,
     backlog_events: 1_000_000,
     connections: 64,
+    soak_rate: 5_000,
+    soak_seconds: 600,
+    soak_window_ms: 60_000,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -56,6 +63,9 @@ const SMOKE: Sizes = Sizes {
     many_webhooks: 200,
     backlog_events: 2_000,
     connections: 16,
+    soak_rate: 1_000,
+    soak_seconds: 15,
+    soak_window_ms: 2_000,
 };
 
 fn epoch() -> Instant {
@@ -596,6 +606,74 @@ async fn backlog(s: Sizes) -> Row {
     row
 }
 
+/// Steady load with retention on: the store file must stop growing once the retention window
+/// is full, and RSS stay flat. Compares the file and RSS at 30 % of the run (minute 3 of 10)
+/// with the end, and asserts both (and that every accepted event was delivered): this runs in
+/// the test command at its small size. `SOAK_RATE`, `SOAK_SECONDS`, `SOAK_WINDOW_MS` override.
+async fn soak(s: Sizes) -> Row {
+    let var = |name: &str, default: u64| {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    let rate = var("SOAK_RATE", s.soak_rate);
+    let seconds = var("SOAK_SECONDS", s.soak_seconds);
+    let window_ms = var("SOAK_WINDOW_MS", s.soak_window_ms);
+    let sink = new_sink(true);
+    let rx = start_receiver(sink.clone()).await;
+    let d =
+        Daemon::start(&format!("{BENCH_CONFIG}[retention]\nfinished_max_age_ms = {window_ms}\n"));
+    create_webhooks(d.addr, rx, std::iter::once("A".to_string())).await;
+    let requests = (rate * seconds) as usize;
+    let body: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(|i| event("A", i));
+    let early = Arc::new(Mutex::new((0u64, 0u64)));
+    let sampler = {
+        let (early, pid, file) = (early.clone(), d.pid(), d.dir.path().join("data/hookd.redb"));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(seconds as f64 * 0.3)).await;
+            let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            if let Ok(mut e) = early.lock() {
+                *e = (bytes, rss_kb(pid));
+            }
+        })
+    };
+    let (ingest, ok) =
+        load(d.addr, "/v2/webhook-events", requests, s.connections, Some(rate), body).await;
+    let _ = sampler.await;
+    let lag = wait_delivered(&sink, ok, Duration::from_secs(60)).await;
+    let (early_bytes, early_rss_kb) = early.lock().map(|e| *e).unwrap_or_default();
+    let (end_bytes, end_rss_kb) = (d.store_bytes(), d.status_kb("VmRSS"));
+    let growth = end_bytes as f64 / early_bytes.max(1) as f64 - 1.0;
+    let rss_growth = end_rss_kb as f64 / early_rss_kb.max(1) as f64 - 1.0;
+    let note = format!(
+        "{rate}/s for {seconds} s, retention {window_ms} ms: store {:.1} MB at 30 % of the run, {:.1} MB at the end ({:+.1} %); RSS {:.1} -> {:.1} MB ({:+.1} %); {} of {ok} delivered",
+        early_bytes as f64 / 1_048_576.0,
+        end_bytes as f64 / 1_048_576.0,
+        growth * 100.0,
+        early_rss_kb as f64 / 1024.0,
+        end_rss_kb as f64 / 1024.0,
+        rss_growth * 100.0,
+        sink.delivered.load(Ordering::Relaxed)
+    );
+    println!("soak: {note}");
+    assert!(lag.is_some(), "soak: not every accepted event was delivered: {note}");
+    assert!(ok as f64 >= 0.95 * requests as f64, "soak: the rate was not reached: {note}");
+    assert!(growth <= 0.10, "soak: the store file kept growing: {note}");
+    // Flat: within 10 %, or 4 MB for the small run (allocator noise).
+    assert!(
+        end_rss_kb as f64 <= early_rss_kb as f64 * 1.10 + 4096.0,
+        "soak: RSS kept growing: {note}"
+    );
+    finish_row("soak", &d, &sink, ok, ingest, Some(ingest + lag.unwrap_or_default()), note)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn idle_rss() -> f64 {
     let d = Daemon::start(BENCH_CONFIG);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -674,6 +752,10 @@ fn main() {
         }
         if all || scenario == "backlog" {
             rows.push(backlog(sizes).await);
+        }
+        // Ten minutes at full size: run by name, not in `all`.
+        if scenario == "smoke" || scenario == "soak" {
+            rows.push(soak(sizes).await);
         }
         let trivial = trivial_baseline(sizes).await;
         let idle = idle_rss().await;

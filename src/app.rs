@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -26,8 +26,9 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const STORE_FILE: &str = "hookd.redb";
 const ADMIN_TOKEN_CHARS: usize = 40;
 
-/// Runs the daemon until a signal or a storage error. `Err` means exit non-zero.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon until a signal or a storage error. `Err` means exit non-zero. SIGHUP
+/// re-reads the users from `config_file` and the environment.
+pub async fn run(config: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let signalled = async move {
@@ -36,36 +37,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => "SIGINT",
         }
     };
-    run_on(config, Storage::File, signalled).await
+    run_on(config, config_file, Storage::File, signalled).await
 }
 
 /// Like [`run`], with the store on the given storage (a fault-injecting backend in tests), until
 /// `stop` resolves (with the reason to log) or a storage error.
 pub async fn run_on(
     config: Config,
+    config_file: Option<PathBuf>,
     storage: Storage,
     stop: impl Future<Output = &'static str> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let users = if config.users.is_empty() {
-        vec![admin_user(&config.data_dir)?]
-    } else {
-        let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
-        if token_file.exists() {
-            tracing::warn!(
-                file = %token_file.display(),
-                "users are configured, so the user admin is not created and its token no longer authenticates; delete the file, or list admin among the users"
-            );
-        }
-        config.users.clone()
-    };
+    // Installed first: until then SIGHUP would end the process.
+    let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let users = users_of(&config)?;
     let store_path = config.data_dir.join(STORE_FILE);
     let store_limits = StoreLimits {
         write_queue_max: config.limits.write_queue_max,
         write_batch_max: config.limits.write_batch_max,
         cache_bytes: config.limits.store_cache_bytes,
         webhook_pending_max: config.limits.webhook_pending_max,
+        finished_max_age_ms: config.retention.finished_max_age_ms,
+        store_bytes_max: config.retention.store_bytes_max,
     };
     let (store, writer) = Store::open_on(storage, &store_path, store_limits)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
@@ -85,11 +80,14 @@ pub async fn run_on(
     let fatal = store.fatal();
     // One signal stops both the API and the dispatcher.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping_set = stopping.clone();
     tokio::spawn(async move {
         let reason = tokio::select! {
             r = stop => r.to_string(),
             m = fatal.wait() => format!("storage error: {m}"),
         };
+        stopping_set.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(%reason, "shutting down");
         notify("STOPPING=1");
         let _ = stop_tx.send(true);
@@ -109,12 +107,15 @@ pub async fn run_on(
         per_target_inflight_max: config.delivery.per_target_inflight_max,
         per_user_inflight_max: config.delivery.per_user_inflight_max,
         shutdown_grace_ms: config.limits.shutdown_grace_ms,
+        metrics: store.metrics(),
+        failure_log: Arc::default(),
     };
     let delivery = tokio::spawn(dispatcher.run(stopped()));
+    tokio::spawn(retention_ticker(store.clone(), stopped()));
 
     let state = Arc::new(ApiState {
         store: store.clone(),
-        users,
+        users: std::sync::RwLock::new(Arc::new(users)),
         limits: config.limits.clone(),
         renderer: Arc::new(Renderer::new(
             config.limits.template_cache_entries_max,
@@ -123,14 +124,28 @@ pub async fn run_on(
         )),
         render_pool: RenderPool::new(config.limits.render_threads),
         request_bytes: ByteBudget::new(config.limits.request_bytes_inflight_max),
+        metrics: store.metrics(),
+        metrics_token: config.metrics.token.clone(),
+        access_log: config.log.access_log,
+        stopping,
+        control_token: control_token(&config.data_dir, local)?,
+        backup_dir: config.data_dir.join(crate::ops::BACKUP_DIR),
     });
+    let (webhooks, active) = store.counts().await.context("counting the stored records")?;
+    tokio::spawn(reload_on_sighup(hup, state.clone(), config_file, stopped()));
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ready listen={local}").context("writing the ready line")?;
         out.flush().context("writing the ready line")?;
     }
     notify("READY=1");
-    tracing::info!(listen = %local, store = %store_path.display(), "hookd is ready");
+    tracing::info!(
+        listen = %local,
+        store = %store_path.display(),
+        webhooks,
+        active_dispatches = active,
+        "hookd is ready"
+    );
 
     // The API and the dispatcher stop together; in-flight calls are recorded before the writer
     // commits its last batch and closes.
@@ -145,6 +160,93 @@ pub async fn run_on(
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Tells the store the time once a second, for retention, until `stopped`.
+async fn retention_ticker(store: Store, stopped: impl Future<Output = ()>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(RETENTION_TICK_MS));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = every.tick() => store.retention_tick(crate::sys::now_ms()),
+        }
+    }
+}
+
+const RETENTION_TICK_MS: u64 = 1000;
+
+/// The users who may call the API: the configured ones, or else `admin` with its token file.
+fn users_of(config: &Config) -> anyhow::Result<Vec<User>> {
+    if config.users.is_empty() {
+        return Ok(vec![admin_user(&config.data_dir)?]);
+    }
+    let token_file = config.data_dir.join(ADMIN_TOKEN_FILE);
+    if token_file.exists() {
+        tracing::warn!(
+            file = %token_file.display(),
+            "users are configured, so the user admin is not created and its token no longer authenticates; delete the file, or list admin among the users"
+        );
+    }
+    Ok(config.users.clone())
+}
+
+/// On SIGHUP, reads the config file and the environment again and replaces the users (and
+/// their tokens); requests in progress finish with the users they started with. Other
+/// settings need a restart. A config that does not load changes nothing.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    state: Arc<ApiState>,
+    config_file: Option<PathBuf>,
+    stopped: impl Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        let loaded = (|| {
+            let text = match &config_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading config file {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+            let config = Config::load(text.as_deref(), &env)?;
+            users_of(&config)
+        })();
+        match loaded {
+            Ok(users) => {
+                let count = users.len();
+                let mut current = state.users.write().unwrap_or_else(|p| p.into_inner());
+                *current = Arc::new(users);
+                tracing::info!(
+                    users = count,
+                    "SIGHUP: users reloaded (other settings need a restart)"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "SIGHUP: config not reloaded; the users stay as they were")
+            }
+        }
+    }
+}
+
+/// A new control token for `hookd backup`, written to `data_dir/control.token` (0600) with
+/// the address the daemon listens on (the config may say port 0).
+fn control_token(data_dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<String> {
+    let mut token = String::new();
+    while token.len() < ADMIN_TOKEN_CHARS {
+        token.push_str(&crate::sys::new_id().context("reading the random source")?);
+    }
+    let path = data_dir.join(crate::ops::CONTROL_TOKEN_FILE);
+    write_private_atomically(&path, &format!("{token}\nlisten={listen}\n"))
+        .with_context(|| format!("writing the control token to {}", path.display()))?;
+    Ok(token)
 }
 
 /// The `admin` user, with its token from `data_dir/admin.token`, created (0600) on first start.

@@ -108,6 +108,49 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
 }
 
+/// How long finished records are kept, and how large the store file may grow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// SUCCEEDED and FAILED dispatches older than this (by the time they ended) are deleted,
+    /// with their calls and list entries, then the events none of whose dispatches is left
+    /// (and their idempotency answers). 0 keeps them forever.
+    pub finished_max_age_ms: u64,
+    /// While the store file is larger than this, retention deletes the oldest finished
+    /// records whatever their age, so the file stops growing. 0: no bound.
+    pub store_bytes_max: u64,
+}
+
+/// How the process logs (to stderr; journald keeps it under systemd).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    /// `text` (one line per record) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `hookd=debug,warn`... `RUST_LOG`, when set, wins.
+    pub level: String,
+    /// A line per HTTP request at info (target `hookd::access`).
+    pub access_log: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `GET /metrics`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// When not empty, a scrape must send it as a bearer token (users' tokens are refused).
+    pub token: String,
+}
+
+impl fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = if self.token.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("MetricsConfig").field("token", &shown).finish()
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -116,6 +159,9 @@ pub struct Config {
     pub users: Vec<User>,
     pub delivery: Delivery,
     pub limits: Limits,
+    pub retention: Retention,
+    pub log: Log,
+    pub metrics: MetricsConfig,
 }
 
 /// Apify's schedule: 60 s doubling, 11 retries.
@@ -160,6 +206,9 @@ impl Default for Config {
                 render_threads: 1,
                 shutdown_grace_ms: 10_000,
             },
+            retention: Retention { finished_max_age_ms: 30 * 24 * 3600 * 1000, store_bytes_max: 0 },
+            log: Log { format: LogFormat::Text, level: "info".into(), access_log: true },
+            metrics: MetricsConfig { token: String::new() },
         }
     }
 }
@@ -172,6 +221,30 @@ struct RawConfig {
     users: Option<Vec<User>>,
     delivery: Option<RawDelivery>,
     limits: Option<RawLimits>,
+    retention: Option<RawRetention>,
+    log: Option<RawLog>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+    access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    finished_max_age_ms: Option<u64>,
+    store_bytes_max: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -388,7 +461,41 @@ impl Config {
                 dl.shutdown_grace_ms,
             )?,
         };
-        Ok(Config { listen, data_dir, users, delivery, limits })
+        let rr = raw.retention.unwrap_or_default();
+        let retention = Retention {
+            finished_max_age_ms: rr.finished_max_age_ms.unwrap_or(d.retention.finished_max_age_ms),
+            store_bytes_max: rr.store_bytes_max.unwrap_or(d.retention.store_bytes_max),
+        };
+        let rlog = raw.log.unwrap_or_default();
+        let log = Log {
+            format: match rlog.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(err(
+                        "log.format",
+                        format!("{other:?} is not \"text\" or \"json\""),
+                    ));
+                }
+            },
+            level: match rlog.level {
+                Some(l) if l.trim().is_empty() => {
+                    return Err(err("log.level", "must not be empty"));
+                }
+                Some(l) => l,
+                None => d.log.level.clone(),
+            },
+            access_log: rlog.access_log.unwrap_or(d.log.access_log),
+        };
+        let token = raw.metrics.and_then(|m| m.token).unwrap_or_default();
+        if token.len() > 512 || token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(err(
+                "metrics.token",
+                "must be at most 512 printable ASCII characters without spaces",
+            ));
+        }
+        let metrics = MetricsConfig { token };
+        Ok(Config { listen, data_dir, users, delivery, limits, retention, log, metrics })
     }
 
     fn to_raw(&self) -> RawConfig {
@@ -428,6 +535,22 @@ impl Config {
                 render_threads: Some(l.render_threads as u64),
                 shutdown_grace_ms: Some(l.shutdown_grace_ms),
             }),
+            retention: Some(RawRetention {
+                finished_max_age_ms: Some(self.retention.finished_max_age_ms),
+                store_bytes_max: Some(self.retention.store_bytes_max),
+            }),
+            log: Some(RawLog {
+                format: Some(
+                    match self.log.format {
+                        LogFormat::Text => "text",
+                        LogFormat::Json => "json",
+                    }
+                    .into(),
+                ),
+                level: Some(self.log.level.clone()),
+                access_log: Some(self.log.access_log),
+            }),
+            metrics: Some(RawMetrics { token: Some(self.metrics.token.clone()) }),
         }
     }
 

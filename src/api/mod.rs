@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Limits, User};
+use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::store::{DispatchScope, Store, WebhookScope};
 use body::json_response;
 pub use budget::ByteBudget;
@@ -49,12 +50,23 @@ const HEADERS_MAX: usize = 100;
 /// What every request handler can reach.
 pub struct ApiState {
     pub store: Store,
-    pub users: Vec<User>,
+    /// Replaced whole on SIGHUP (`app.rs`); a request authenticates against the list it read.
+    pub users: std::sync::RwLock<Arc<Vec<User>>>,
     pub limits: Limits,
     pub renderer: Arc<Renderer>,
     pub render_pool: RenderPool,
     /// Bytes held by requests in progress (`limits.request_bytes_inflight_max`).
     pub request_bytes: Arc<ByteBudget>,
+    pub metrics: Arc<Metrics>,
+    /// `metrics.token`: empty means `/metrics` needs no token.
+    pub metrics_token: String,
+    /// Log a line per request (`log.access_log`).
+    pub access_log: bool,
+    /// Set once shutdown has begun: `/readyz` answers 503 from then on.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The token of `hookd backup` (in `data_dir/control.token`), and where backups go.
+    pub control_token: String,
+    pub backup_dir: std::path::PathBuf,
 }
 
 /// Serves `listener` until `shutdown` resolves, then lets open requests finish for up to
@@ -176,23 +188,53 @@ impl Drop for PeerSlot {
     }
 }
 
-/// Answers one request; errors become Apify error bodies.
+/// Answers one request; errors become Apify error bodies. Counts it in the metrics and, with
+/// `log.access_log`, logs it (the path without its query, which may hold a token).
 pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match route(state, req).await {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = state.access_log.then(|| req.uri().path().to_string());
+    let mut route_name = "unmatched";
+    let response = match route(state, req, &mut route_name).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    let code = match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let m = &state.metrics;
+    m.http_requests.get_or_create(&HttpLabels { route: route_name, code }).inc();
+    m.http_request_seconds.get_or_create(&RouteLabels { route: route_name }).observe(seconds);
+    if let Some(path) = path {
+        tracing::info!(
+            target: "hookd::access",
+            %method,
+            path,
+            route = route_name,
+            status,
+            duration_ms = (seconds * 1000.0 * 1000.0).round() / 1000.0,
+            "request"
+        );
     }
+    response
 }
 
 async fn route(
     state: &ApiState,
     req: Request<Incoming>,
+    route_name: &mut &'static str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query());
     let Some(route) = Route::parse(parts.uri.path()) else {
         return Err(ApiError::NotFound("There is no API endpoint at this URL".into()));
     };
+    *route_name = route.name();
     if !route.allowed().contains(&parts.method) {
         return Err(ApiError::MethodNotAllowed(route.allowed_text()));
     }
@@ -200,9 +242,12 @@ async fn route(
     match route {
         Route::Health => return Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         Route::Ready => return ready(state),
+        Route::Metrics => return metrics(state, &parts.headers, &query).await,
+        Route::AdminBackup => return backup(state, &parts.headers).await,
         _ => {}
     }
-    let user = routes::authenticate(&state.users, &parts.headers, &query)?;
+    let users = state.users.read().map(|u| u.clone()).unwrap_or_else(|p| p.into_inner().clone());
+    let user = routes::authenticate(&users, &parts.headers, &query)?;
     // Everything this request holds (body, rendered dispatches) is charged here until it is
     // answered.
     let mut charge = state.request_bytes.charge();
@@ -253,7 +298,9 @@ async fn route(
         (Route::Job(kind, id), _) => {
             events::put_job(state, user, kind, id, read_bytes(body).await?).await
         }
-        (Route::Health | Route::Ready, _) => Err(ApiError::Internal("probe routed late".into())),
+        (Route::Health | Route::Ready | Route::Metrics | Route::AdminBackup, _) => {
+            Err(ApiError::Internal("probe routed late".into()))
+        }
     }
 }
 
@@ -267,5 +314,69 @@ fn ready(state: &ApiState) -> Result<Response<Full<Bytes>>, ApiError> {
             fatal.message()
         )));
     }
+    if state.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::Unavailable("hookd is shutting down".into()));
+    }
     Ok(json_response(StatusCode::OK, &json!({"status": "ready"})))
+}
+
+/// `/admin/backup`: writes a snapshot of the store into `backup_dir` and names the file.
+async fn backup(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let operator = [User { id: "operator".into(), token: state.control_token.clone() }];
+    routes::authenticate(&operator, headers, &Query::default())?;
+    let internal = |e: String| ApiError::Internal(format!("backup: {e}"));
+    create_private_dir(&state.backup_dir).map_err(|e| internal(e.to_string()))?;
+    let name = format!(
+        "hookd-{}.redb",
+        crate::sys::new_time_id(crate::sys::now_ms()).map_err(|e| internal(e.to_string()))?
+    );
+    let file = state.backup_dir.join(name);
+    let started = std::time::Instant::now();
+    let entries = state.store.backup(file.clone()).await.map_err(|e| internal(e.to_string()))?;
+    tracing::info!(
+        file = %file.display(),
+        entries,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "backup written"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"data": {"file": file.to_string_lossy(), "entries": entries}}),
+    ))
+}
+
+/// Creates `dir` (mode 0700) unless it exists.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
+/// `/metrics`: every metric, with the store's gauges refreshed. When `metrics.token` is set,
+/// it is the only token accepted (a user's token is not: metrics span every user).
+async fn metrics(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+    query: &Query,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !state.metrics_token.is_empty() {
+        let scraper = [User { id: "metrics".into(), token: state.metrics_token.clone() }];
+        routes::authenticate(&scraper, headers, query)?;
+    }
+    state
+        .store
+        .refresh_gauges(crate::sys::now_ms())
+        .await
+        .map_err(|e| ApiError::Internal(format!("metrics: {e}")))?;
+    let text = state.metrics.encode().map_err(|e| ApiError::Internal(format!("metrics: {e}")))?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+        .body(Full::new(Bytes::from(text)))
+        .map_err(|e| ApiError::Internal(format!("metrics: {e}")))
 }

@@ -26,6 +26,10 @@ pub enum Route {
     Health,
     /// `/readyz`: the process answers and its store takes writes. No token.
     Ready,
+    /// `/metrics`: Prometheus metrics; `metrics.token` if set, not a user's token.
+    Metrics,
+    /// `/admin/backup`: `hookd backup` asks for a snapshot; only the control token opens it.
+    AdminBackup,
 }
 
 impl Route {
@@ -33,6 +37,8 @@ impl Route {
         match path {
             "/healthz" => return Some(Route::Health),
             "/readyz" => return Some(Route::Ready),
+            "/metrics" => return Some(Route::Metrics),
+            crate::ops::BACKUP_ROUTE => return Some(Route::AdminBackup),
             _ => {}
         }
         let rest = path.strip_prefix("/v2/")?;
@@ -64,10 +70,34 @@ impl Route {
         match self {
             Route::Webhooks | Route::ScopedWebhooks(..) => &[Method::GET, Method::POST],
             Route::Webhook(_) => &[Method::GET, Method::PUT, Method::DELETE],
-            Route::WebhookTest(_) | Route::Events => &[Method::POST],
+            Route::WebhookTest(_) | Route::Events | Route::AdminBackup => &[Method::POST],
             Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
-            Route::Health | Route::Ready => &[Method::GET, Method::HEAD],
+            Route::Health | Route::Ready | Route::Metrics => &[Method::GET, Method::HEAD],
             Route::Job(..) => &[Method::GET, Method::PUT],
+        }
+    }
+
+    /// The route's template, a metrics label and the access log's: ids are not in it, so
+    /// the label's values are few.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Webhooks => "/v2/webhooks",
+            Route::Webhook(_) => "/v2/webhooks/{webhookId}",
+            Route::ScopedWebhooks(ConditionKind::ActorTask, _) => {
+                "/v2/actor-tasks/{actorTaskId}/webhooks"
+            }
+            Route::ScopedWebhooks(..) => "/v2/actors/{actorId}/webhooks",
+            Route::WebhookTest(_) => "/v2/webhooks/{webhookId}/test",
+            Route::WebhookDispatches(_) => "/v2/webhooks/{webhookId}/dispatches",
+            Route::Dispatches => "/v2/webhook-dispatches",
+            Route::Dispatch(_) => "/v2/webhook-dispatches/{dispatchId}",
+            Route::Events => "/v2/webhook-events",
+            Route::Job(JobKind::Run, _) => "/v2/actor-runs/{runId}",
+            Route::Job(JobKind::Build, _) => "/v2/actor-builds/{buildId}",
+            Route::Health => "/healthz",
+            Route::Ready => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::AdminBackup => crate::ops::BACKUP_ROUTE,
         }
     }
 
@@ -152,7 +182,7 @@ impl Query {
 }
 
 /// Equal-time comparison: the time taken does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);

@@ -166,6 +166,40 @@ pub struct Dispatcher {
     pub per_user_inflight_max: usize,
     /// After shutdown is asked for, calls in flight get this long to finish and be recorded.
     pub shutdown_grace_ms: u64,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Failed calls are logged at most once per target per `FAILED_CALL_LOG_EVERY_MS`.
+    pub failure_log: Arc<FailureLog>,
+}
+
+/// A failed call is logged at info, but at most one line per target per this long (with the
+/// count of those not logged), so that a dead target cannot flood the log.
+const FAILED_CALL_LOG_EVERY_MS: u64 = 10_000;
+/// Targets remembered for that; past it the memory starts over.
+const FAILURE_LOG_TARGETS_MAX: usize = 10_000;
+
+/// Per target: when a failed call was last logged, and how many since were not.
+#[derive(Default)]
+pub struct FailureLog {
+    targets: std::sync::Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl FailureLog {
+    /// `Some(n)`: log this failure, `n` others were not logged since the last line.
+    fn sample(&self, target: &str, now_ms: u64) -> Option<u64> {
+        let mut map = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= FAILURE_LOG_TARGETS_MAX && !map.contains_key(target) {
+            map.clear();
+        }
+        let (last_ms, skipped) = map.entry(target.to_string()).or_insert((0, 0));
+        if *last_ms != 0 && now_ms.saturating_sub(*last_ms) < FAILED_CALL_LOG_EVERY_MS {
+            *skipped += 1;
+            return None;
+        }
+        let n = *skipped;
+        *last_ms = now_ms.max(1);
+        *skipped = 0;
+        Some(n)
+    }
 }
 
 impl Dispatcher {
@@ -254,15 +288,39 @@ impl Dispatcher {
         let sender = self.sender.clone();
         let store = self.store.clone();
         let delays = self.retry_delays_ms.clone();
+        let metrics = self.metrics.clone();
+        let failure_log = self.failure_log.clone();
         async move {
+            metrics.calls_in_flight.inc();
             let sent = sender.send(&d, crate::sys::now_ms).await;
+            metrics.calls_in_flight.dec();
             let _ = freed.try_send((d.id.clone(), target.clone()));
             let (status, error) = (sent.call.response_status, sent.call.error_message.clone());
+            metrics.count_call(status);
+            let failed_call = !status.is_some_and(|s| (200..300).contains(&s));
+            let calls = d.calls.len() + 1;
             match finish(&store, &d, sent, &delays, crate::sys::random_unit()).await {
-                Ok(decision) => tracing::debug!(
-                    dispatch = %d.id, webhook = %d.webhook_id, %target, ?status, ?error,
-                    ?decision, "call"
-                ),
+                Ok(decision) => {
+                    tracing::debug!(
+                        dispatch = %d.id, webhook = %d.webhook_id, %target, ?status, ?error,
+                        ?decision, "call"
+                    );
+                    if decision == policy::Decision::Failed {
+                        tracing::warn!(
+                            dispatch = %d.id, webhook = %d.webhook_id, user = %d.user_id,
+                            url = %d.request_url, calls, ?status, ?error,
+                            "dispatch FAILED: no more retries"
+                        );
+                    } else if failed_call
+                        && let Some(not_logged) = failure_log.sample(&target, crate::sys::now_ms())
+                    {
+                        tracing::info!(
+                            dispatch = %d.id, webhook = %d.webhook_id, %target, ?status, ?error,
+                            calls, ?decision, not_logged,
+                            "call failed (at most one line per target every 10 s)"
+                        );
+                    }
+                }
                 Err(e) => tracing::warn!(
                     dispatch = %d.id, error = %e,
                     "call outcome not recorded; the dispatch will be called again"

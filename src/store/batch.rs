@@ -35,6 +35,7 @@ pub(super) struct Batch<'t, 'p> {
     pub(super) jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
     pub(super) webhook_pending: Table<'t, u64, (&'static str, &'static str)>,
     pub(super) webhook_sweeps: Table<'t, &'static str, u64>,
+    pub(super) dispatches_finished: Table<'t, (u64, &'static str), ()>,
     /// Fold in this group whatever the count (a delete needs its waiting dispatches listed).
     pub(super) fold_now: bool,
     /// Webhooks deleted in this group whose sweep goes on in later groups.
@@ -56,6 +57,10 @@ pub(super) struct Batch<'t, 'p> {
     /// webhook that does not exist.
     pub(super) stats: HashMap<String, Option<(StatsState, bool)>>,
     pub(super) outbox_grew: bool,
+    /// Events stored in this group (not idempotent repeats), and dispatches ended
+    /// (SUCCEEDED, FAILED): for the metrics, counted once the group is committed.
+    pub(super) events_stored: u64,
+    pub(super) ended: [u64; 2],
     /// Match-index changes, applied once the group is committed.
     pub(super) index_changes: Vec<IndexChange>,
 }
@@ -74,6 +79,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             user_webhooks_delta: HashMap::new(),
             webhook_pending: tx.open_table(WEBHOOK_PENDING).map_err(storage)?,
             webhook_sweeps: tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?,
+            dispatches_finished: tx.open_table(DISPATCHES_FINISHED).map_err(storage)?,
             fold_now: false,
             new_sweeps: Vec::new(),
             tail,
@@ -97,6 +103,8 @@ impl<'t, 'p> Batch<'t, 'p> {
             jobs: tx.open_table(JOBS).map_err(storage)?,
             stats: HashMap::new(),
             outbox_grew: false,
+            events_stored: 0,
+            ended: [0; 2],
             index_changes: Vec::new(),
         })
     }
@@ -181,6 +189,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             };
             s.total += 1;
             s.last_id = Some(d.clone());
+            s.last_ended = None;
             *changed = true;
             self.dispatches_by_webhook.insert((w.as_str(), d.as_str()), ()).map_err(storage)?;
         }
@@ -209,7 +218,20 @@ impl<'t, 'p> Batch<'t, 'p> {
         s.status = DispatchStatus::Failed;
         s.next_due_ms = None;
         s.finished_ms = Some(removed_ms);
+        self.mark_finished(dispatch_id, removed_ms, DispatchStatus::Failed)?;
         self.save_state(dispatch_id, &s)
+    }
+
+    /// Lists an ended dispatch for retention, by the time it ended.
+    pub(super) fn mark_finished(
+        &mut self,
+        dispatch_id: &str,
+        finished_ms: u64,
+        status: DispatchStatus,
+    ) -> Result<(), StoreError> {
+        self.dispatches_finished.insert((finished_ms, dispatch_id), ()).map_err(storage)?;
+        self.ended[usize::from(status != DispatchStatus::Succeeded)] += 1;
+        Ok(())
     }
 
     /// One chunk of a deleted webhook's sweep: ends up to `budget` of its listed dispatches

@@ -2,11 +2,14 @@
 //! the blocking pool; every write goes to the single writer thread (writer.rs) and is answered
 //! only after its group's commit. `redb` is named only under this folder.
 
+mod backup;
 mod batch;
 mod error;
 mod index;
+mod migrate;
 mod pending;
 mod records;
+mod retention;
 mod schema;
 mod writer;
 
@@ -14,10 +17,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use backup::CheckReport;
 pub use error::StoreError;
+use retention::{Retention, RetentionSignal};
+
+use crate::metrics::Metrics;
+
+/// Targets the oldest-due gauge looks at (one short read per target at each scrape).
+const OLDEST_DUE_TARGETS_MAX: usize = 10_000;
 use error::storage;
 use error::storage as storage_error;
 use index::MatchIndex;
@@ -113,6 +123,11 @@ pub struct StoreLimits {
     pub cache_bytes: usize,
     /// Dispatches that wait before their per-webhook stats and list entries are folded in.
     pub webhook_pending_max: usize,
+    /// Finished dispatches older than this (by their end) are deleted; 0 keeps them.
+    pub finished_max_age_ms: u64,
+    /// Past this file size retention deletes the oldest finished records whatever their age;
+    /// 0: no bound.
+    pub store_bytes_max: u64,
 }
 
 /// A page request, already clamped by the API.
@@ -260,6 +275,10 @@ pub struct Store {
     /// Set while deleted webhooks are being swept (so a scheduler pass looks at
     /// `webhook_sweeps` only then).
     sweeping: Arc<AtomicBool>,
+    retention: Arc<RetentionSignal>,
+    metrics: Arc<Metrics>,
+    /// The store file, when on a plain file.
+    file: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -268,8 +287,18 @@ impl Store {
         Store::open_on(Storage::File, path, limits)
     }
 
-    /// Like [`Store::open`], on the given storage.
+    /// Like [`Store::open`], on the given storage. A damaged file is an error, never a panic:
+    /// redb may panic on pages that are not what they claim to be, so the open runs under
+    /// `catch_unwind`.
     pub fn open_on(
+        storage: Storage,
+        path: &Path,
+        limits: StoreLimits,
+    ) -> Result<(Store, WriterHandle), StoreError> {
+        without_panics(|| Store::open_unguarded(storage, path, limits))
+    }
+
+    fn open_unguarded(
         storage: Storage,
         path: &Path,
         limits: StoreLimits,
@@ -284,12 +313,14 @@ impl Store {
             }
             tracing::debug!(progress = session.progress(), "repair");
         });
-        let db = match storage {
+        let (db, file) = match storage {
             Storage::File => {
                 create_private(path)?;
-                builder.create(path).map_err(storage_error)?
+                (builder.create(path).map_err(storage_error)?, Some(path.to_path_buf()))
             }
-            Storage::Backend(b) => builder.create_with_backend(Boxed(b)).map_err(storage_error)?,
+            Storage::Backend(b) => {
+                (builder.create_with_backend(Boxed(b)).map_err(storage_error)?, None)
+            }
         };
         init_schema(&db)?;
         let index = Arc::new(load_index(&db)?);
@@ -301,6 +332,8 @@ impl Store {
         let fatal = Arc::new(Fatal::default());
         let outbox_changed = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(limits.write_queue_max);
+        let retention = Arc::new(RetentionSignal::default());
+        let metrics = Arc::new(Metrics::default());
         let handle = writer::spawn(
             db.clone(),
             tx.clone(),
@@ -316,9 +349,111 @@ impl Store {
                 sweeps,
                 sweeping: sweeping.clone(),
                 user_webhooks: count_user_webhooks(&db)?,
+                retention: Retention::new(
+                    limits.finished_max_age_ms,
+                    retention.clone(),
+                    file.clone(),
+                    limits.store_bytes_max,
+                ),
+                metrics: metrics.clone(),
             },
         )?;
-        Ok((Store { db, writes: tx, fatal, outbox_changed, index, pending, sweeping }, handle))
+        let store = Store {
+            db,
+            writes: tx,
+            fatal,
+            outbox_changed,
+            index,
+            pending,
+            sweeping,
+            retention,
+            metrics,
+            file,
+        };
+        Ok((store, handle))
+    }
+
+    /// Tells the writer the time for retention (and whether the file is past
+    /// `store_bytes_max`) and wakes it if it is idle. Called about once a second; a full
+    /// queue is fine: the writer is then busy and reads the time in its next group.
+    pub fn retention_tick(&self, now_ms: u64) {
+        self.signal_retention(now_ms);
+        let _ = self.writes.try_send(WriteOp::Tick { reply: None });
+    }
+
+    /// Like [`Store::retention_tick`], and waits for the group that runs the first chunk.
+    /// `true`: retention has more to do (it goes on by itself in the next groups).
+    pub async fn retain(&self, now_ms: u64) -> Result<bool, StoreError> {
+        self.signal_retention(now_ms);
+        self.write(|reply| WriteOp::Tick { reply: Some(reply) }).await
+    }
+
+    fn signal_retention(&self, now_ms: u64) {
+        self.retention.tick_ms.fetch_max(now_ms, Ordering::AcqRel);
+    }
+
+    /// The store file's length in bytes (`None` on a custom backend).
+    pub fn file_bytes(&self) -> Option<u64> {
+        self.file.as_ref().and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len())
+    }
+
+    /// Writes a consistent copy of the store, as it is now, to a new file at `path` (which must
+    /// not exist); returns the entries copied. Writes go on meanwhile.
+    pub async fn backup(&self, path: std::path::PathBuf) -> Result<u64, StoreError> {
+        self.read(move |rtx| backup::write_backup(rtx, &path)).await
+    }
+
+    /// How many webhooks are stored and how many dispatches are ACTIVE (one outbox key each).
+    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
+        self.read(|rtx| {
+            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?.len().map_err(storage)?;
+            let active = rtx.open_table(OUTBOX).map_err(storage)?.len().map_err(storage)?;
+            Ok((webhooks, active))
+        })
+        .await
+    }
+
+    /// The process's metrics (the writer counts into them).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Refreshes the gauges the store knows exactly: ACTIVE dispatches (one outbox key
+    /// each), how long the oldest due one has waited, the file size. The oldest due time is
+    /// the least of each target's first key (a skip scan over at most
+    /// `OLDEST_DUE_TARGETS_MAX` targets).
+    pub async fn refresh_gauges(&self, now_ms: u64) -> Result<(), StoreError> {
+        let (active, oldest_due_ms) = self
+            .read(|rtx| {
+                let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
+                let active = outbox.len().map_err(storage)?;
+                let mut oldest: Option<u64> = None;
+                let mut after: Option<String> = None;
+                for _ in 0..OLDEST_DUE_TARGETS_MAX {
+                    let first = match &after {
+                        None => outbox.iter().map_err(storage)?.next(),
+                        // Past every key of target t: the first key of the next target.
+                        Some(t) => {
+                            outbox.range((t.as_str(), u64::MAX, ID_MAX)..).map_err(storage)?.next()
+                        }
+                    };
+                    let Some(entry) = first else { break };
+                    let (k, _) = entry.map_err(storage)?;
+                    let (target, due, _) = k.value();
+                    oldest = Some(oldest.map_or(due, |o| o.min(due)));
+                    after = Some(target.to_string());
+                }
+                Ok((active, oldest))
+            })
+            .await?;
+        let m = &self.metrics;
+        m.dispatches_active.set(i64::try_from(active).unwrap_or(i64::MAX));
+        let late_ms = oldest_due_ms.map_or(0, |due| now_ms.saturating_sub(due));
+        m.oldest_due_age_seconds.set(late_ms as f64 / 1000.0);
+        if let Some(len) = self.file_bytes() {
+            m.store_file_bytes.set(i64::try_from(len).unwrap_or(i64::MAX));
+        }
+        Ok(())
     }
 
     /// Notified after every commit that added outbox keys.
@@ -770,8 +905,16 @@ fn webhook_stats(
 ) -> Result<WebhookStats, StoreError> {
     let last_id = waiting.last().or(folded.last_id.as_ref());
     let last_dispatch = match last_id {
-        Some(id) => state_of(id)?
-            .map(|s| crate::model::LastDispatch { status: s.status, finished_ms: s.finished_ms }),
+        Some(id) => match state_of(id)? {
+            Some(s) => {
+                Some(crate::model::LastDispatch { status: s.status, finished_ms: s.finished_ms })
+            }
+            // Deleted by retention: its end was copied into the stats.
+            None if waiting.is_empty() => folded
+                .last_ended
+                .map(|(status, finished_ms)| crate::model::LastDispatch { status, finished_ms }),
+            None => None,
+        },
         None => None,
     };
     Ok(WebhookStats { total_dispatches: folded.total + waiting.len() as u64, last_dispatch })
@@ -876,6 +1019,57 @@ fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
     Ok((pending, next_seq))
 }
 
+/// Checks the store file at `path` without changing it: a copy is opened (repaired and
+/// migrated if it needs to be), redb's checksums verified, every record decoded and the
+/// outbox's invariants checked. `Err`: the file cannot be opened at all, and why.
+pub fn check_file(path: &Path) -> Result<CheckReport, StoreError> {
+    if !path.is_file() {
+        return Err(StoreError::Storage(format!("{} is not a file", path.display())));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let copy = dir.join(format!(
+        ".{}.check-{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        std::fs::copy(path, &copy).map_err(|e| {
+            StoreError::Storage(format!("cannot copy {} to check it: {e}", path.display()))
+        })?;
+        without_panics(|| {
+            let mut db = Database::builder().create(&copy).map_err(storage_error)?;
+            if !db.check_integrity().map_err(|e| StoreError::Corrupt(e.to_string()))? {
+                return Err(StoreError::Corrupt("redb's integrity check failed".into()));
+            }
+            init_schema(&db)?;
+            backup::verify(&db)
+        })
+    })();
+    let _ = std::fs::remove_file(&copy);
+    result
+}
+
+/// Runs `f`, turning a panic (redb's, on a damaged file) into an error. The panic message is
+/// kept for the error and not printed.
+fn without_panics<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    let message = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = message.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut m) = seen.lock() {
+            *m = info.to_string();
+        }
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|_| {
+        let m = message.lock().map(|m| m.clone()).unwrap_or_default();
+        Err(StoreError::Corrupt(format!("the store file is damaged ({m})")))
+    })
+}
+
 /// Creates the store file empty and readable by its owner only (it holds header templates,
 /// which carry secrets), unless it exists; redb initialises an empty file.
 fn create_private(path: &Path) -> Result<(), StoreError> {
@@ -936,18 +1130,51 @@ fn load_index(db: &Database) -> Result<MatchIndex, StoreError> {
     Ok(index)
 }
 
+/// Opens every table, creating those missing.
+fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(WEBHOOKS).map_err(storage)?;
+    tx.open_table(WEBHOOKS_BY_USER).map_err(storage)?;
+    tx.open_table(WEBHOOK_MATCH).map_err(storage)?;
+    tx.open_table(WEBHOOK_IDEM).map_err(storage)?;
+    tx.open_table(WEBHOOK_STATS).map_err(storage)?;
+    tx.open_table(WEBHOOK_FIRED).map_err(storage)?;
+    tx.open_table(EVENTS).map_err(storage)?;
+    tx.open_table(EVENT_IDEM).map_err(storage)?;
+    tx.open_table(DISPATCHES).map_err(storage)?;
+    tx.open_table(DISPATCH_STATES).map_err(storage)?;
+    tx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
+    tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
+    tx.open_table(OUTBOX).map_err(storage)?;
+    tx.open_table(JOBS).map_err(storage)?;
+    tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
+    tx.open_table(WEBHOOK_PENDING).map_err(storage)?;
+    tx.open_table(DISPATCHES_FINISHED).map_err(storage)?;
+    Ok(())
+}
+
 fn init_schema(db: &Database) -> Result<(), StoreError> {
-    let tx = db.begin_write().map_err(storage)?;
+    let mut tx = db.begin_write().map_err(storage)?;
+    // Like every writer commit: this one saves the allocator state, so that a kill before
+    // the writer's first commit does not leave a full repair (seconds per GiB) for the next
+    // start.
+    tx.set_quick_repair(true);
     {
         let mut meta = tx.open_table(META).map_err(storage)?;
         let version = meta.get(META_SCHEMA_VERSION).map_err(storage)?.map(|v| v.value());
         match version {
-            Some(v) if v != SCHEMA_VERSION => {
+            Some(v) if !(migrate::OLDEST_MIGRATED..=SCHEMA_VERSION).contains(&v) => {
                 return Err(StoreError::Corrupt(format!(
-                    "the store has schema version {v}; this hookd reads version {SCHEMA_VERSION}"
+                    "the store has schema version {v}; this hookd reads versions {} to {SCHEMA_VERSION}",
+                    migrate::OLDEST_MIGRATED
                 )));
             }
-            Some(_) => {
+            Some(v) => {
+                if v < SCHEMA_VERSION {
+                    // Tables added since are created first (below, as at every open).
+                    for_each_table(&tx)?;
+                    migrate::migrate(&tx, v)?;
+                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION).map_err(storage)?;
+                }
                 // Set by the writer's last commit on a clean stop; cleared for this run.
                 let clean = meta.get(META_CLEAN_CLOSE).map_err(storage)?.map(|v| v.value());
                 if clean == Some(1) {
@@ -963,23 +1190,8 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
             }
         }
         meta.insert(META_CLEAN_CLOSE, 0).map_err(storage)?;
-        tx.open_table(WEBHOOKS).map_err(storage)?;
-        tx.open_table(WEBHOOKS_BY_USER).map_err(storage)?;
-        tx.open_table(WEBHOOK_MATCH).map_err(storage)?;
-        tx.open_table(WEBHOOK_IDEM).map_err(storage)?;
-        tx.open_table(WEBHOOK_STATS).map_err(storage)?;
-        tx.open_table(WEBHOOK_FIRED).map_err(storage)?;
-        tx.open_table(EVENTS).map_err(storage)?;
-        tx.open_table(EVENT_IDEM).map_err(storage)?;
-        tx.open_table(DISPATCHES).map_err(storage)?;
-        tx.open_table(DISPATCH_STATES).map_err(storage)?;
-        tx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
-        tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
-        tx.open_table(OUTBOX).map_err(storage)?;
-        tx.open_table(JOBS).map_err(storage)?;
-        tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
-        tx.open_table(WEBHOOK_PENDING).map_err(storage)?;
     }
+    for_each_table(&tx)?;
     tx.commit().map_err(storage)?;
     Ok(())
 }

@@ -18,6 +18,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub(crate) struct PendingInner {
     by_webhook: HashMap<String, Vec<String>>,
     len: usize,
+    /// At most the least dispatch id waiting (not raised when a webhook's entries are
+    /// forgotten), so an id below it is surely folded.
+    least_id: Option<String>,
 }
 
 impl PendingInner {
@@ -31,8 +34,16 @@ impl PendingInner {
     }
 
     pub(crate) fn add(&mut self, webhook_id: String, dispatch_id: String) {
+        if self.least_id.as_ref().is_none_or(|least| dispatch_id < *least) {
+            self.least_id = Some(dispatch_id.clone());
+        }
         self.by_webhook.entry(webhook_id).or_default().push(dispatch_id);
         self.len += 1;
+    }
+
+    /// No dispatch id below this one waits to be folded (`None`: none waits).
+    pub(crate) fn least_id(&self) -> Option<&str> {
+        self.least_id.as_deref()
     }
 
     pub(crate) fn forget_webhook(&mut self, webhook_id: &str) {
@@ -44,6 +55,7 @@ impl PendingInner {
     pub(crate) fn clear(&mut self) {
         self.by_webhook.clear();
         self.len = 0;
+        self.least_id = None;
     }
 }
 

@@ -125,16 +125,19 @@ struct StatsV1 {
 pub struct StatsState {
     pub total: u64,
     pub last_id: Option<String>,
+    /// The end of the latest dispatch, copied here only when retention deleted that dispatch
+    /// (its state is then gone): status and finish time.
+    pub last_ended: Option<(DispatchStatus, Option<u64>)>,
 }
 
 pub fn encode_stats(s: &StatsState) -> Result<Vec<u8>, StoreError> {
-    // `last_status` and `last_finished_ms` are no longer written: the status is read from the
-    // latest dispatch's state instead of being copied here on every call.
+    // The latest status is read from the latest dispatch's state instead of being copied here
+    // on every call; it is written here only once retention deleted that dispatch.
     let rec = StatsV1 {
         total: s.total,
         last_id: s.last_id.clone(),
-        last_status: None,
-        last_finished_ms: None,
+        last_status: s.last_ended.map(|(status, _)| status.as_str().to_string()),
+        last_finished_ms: s.last_ended.and_then(|(_, ms)| ms),
     };
     encode_v1(&rec)
 }
@@ -149,8 +152,14 @@ fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
 }
 
 pub fn decode_stats(bytes: &[u8]) -> Result<StatsState, StoreError> {
-    let StatsV1 { total, last_id, .. } = decode_v1("stats", bytes)?;
-    Ok(StatsState { total, last_id })
+    let StatsV1 { total, last_id, last_status, last_finished_ms } = decode_v1("stats", bytes)?;
+    // Before schema 5 these fields were always empty (or, in older files, a copy of the
+    // latest state, which that state itself supersedes while it exists).
+    let last_ended = match last_status {
+        Some(s) => Some((status_of(&s)?, last_finished_ms)),
+        None => None,
+    };
+    Ok(StatsState { total, last_id, last_ended })
 }
 
 /// The part of a dispatch that never changes: written once, when it is made.
@@ -316,4 +325,102 @@ pub fn decode_dispatch(request: &[u8], state: &[u8]) -> Result<Dispatch, StoreEr
         next_due_ms: s.next_due_ms,
         finished_ms: s.finished_ms,
     })
+}
+
+/// Who owns a stored dispatch: the one field of its request record retention needs (the body
+/// is skipped, not decoded).
+pub fn dispatch_user(request: &[u8]) -> Result<String, StoreError> {
+    #[derive(Deserialize)]
+    struct UserOnly {
+        user_id: String,
+    }
+    let r: UserOnly = decode_v1("dispatch request", request)?;
+    Ok(r.user_id)
+}
+
+/// The part of a stored event retention needs.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct EventHeader {
+    #[serde(rename = "u")]
+    pub user_id: String,
+    #[serde(rename = "k")]
+    pub idempotency_key: Option<String>,
+    #[serde(rename = "d")]
+    pub dispatch_ids: Vec<String>,
+}
+
+/// An event as stored (schema 5): version byte 2, a one-line JSON header (owner, idempotency
+/// key, dispatch ids: what retention reads), a newline, then the event's JSON as accepted.
+pub fn encode_event(
+    user_id: &str,
+    idempotency_key: Option<&str>,
+    dispatch_ids: &[String],
+    event_json: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let header = serde_json::json!({"u": user_id, "k": idempotency_key, "d": dispatch_ids});
+    let mut out = Vec::with_capacity(event_json.len() + 64 + 20 * dispatch_ids.len());
+    out.push(EVENT_V2);
+    // Compact JSON escapes every newline inside strings, so the first newline ends the header.
+    serde_json::to_writer(&mut out, &header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    out.push(b'\n');
+    out.extend_from_slice(event_json.as_bytes());
+    Ok(out)
+}
+
+const EVENT_V2: u8 = 2;
+
+/// The header of a stored event, of either version: schema 4 wrote version 1,
+/// `{"dispatchIds":[..],"event":{"userId":..,..}}` without the idempotency key (the migration
+/// rewrites those that had one).
+pub fn decode_event_header(bytes: &[u8]) -> Result<EventHeader, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("event: {e}"));
+    match bytes.split_first() {
+        Some((&EVENT_V2, rest)) => {
+            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            serde_json::from_slice(&rest[..end]).map_err(corrupt)
+        }
+        Some((&V1, json)) => {
+            #[derive(Deserialize)]
+            struct Owner {
+                #[serde(rename = "userId")]
+                user_id: String,
+            }
+            #[derive(Deserialize)]
+            struct EventV1 {
+                #[serde(rename = "dispatchIds")]
+                dispatch_ids: Vec<String>,
+                event: Owner,
+            }
+            let e: EventV1 = serde_json::from_slice(json).map_err(corrupt)?;
+            Ok(EventHeader {
+                user_id: e.event.user_id,
+                idempotency_key: None,
+                dispatch_ids: e.dispatch_ids,
+            })
+        }
+        Some((v, _)) => Err(StoreError::Corrupt(format!("event: unknown record version {v}"))),
+        None => Err(StoreError::Corrupt("event: empty record".into())),
+    }
+}
+
+/// The event's JSON as accepted, from a stored event of either version.
+pub fn event_json(bytes: &[u8]) -> Result<&str, StoreError> {
+    let json = match bytes.split_first() {
+        Some((&EVENT_V2, rest)) => {
+            let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+            &rest[end..]
+        }
+        Some((&V1, json)) => {
+            #[derive(Deserialize)]
+            struct EventV1<'a> {
+                #[serde(borrow)]
+                event: &'a serde_json::value::RawValue,
+            }
+            let e: EventV1<'_> = serde_json::from_slice(json)
+                .map_err(|e| StoreError::Corrupt(format!("event: {e}")))?;
+            return Ok(e.event.get());
+        }
+        _ => return Err(StoreError::Corrupt("event: unknown record version".into())),
+    };
+    std::str::from_utf8(json).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
 }

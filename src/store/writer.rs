@@ -17,8 +17,10 @@ use super::error::storage;
 use super::index::{IndexChange, MatchIndex};
 use super::pending::Pending;
 use super::records::StatsState;
+use super::retention::Retention;
 use super::schema::*;
 use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError, records};
+use crate::metrics::{Metrics, RecordLabels, StatusLabels};
 use crate::model::{
     Call, Decision, DispatchStatus, EventType, Webhook, WebhookPatch, WebhookStats,
 };
@@ -54,6 +56,11 @@ pub(crate) enum WriteOp {
         call: Call,
         decision: Decision,
         reply: Reply<()>,
+    },
+    /// Wakes the writer for retention (the ticker's time is in `RetentionSignal`); the reply,
+    /// if asked for, says whether retention has more to do after this group.
+    Tick {
+        reply: Option<Reply<bool>>,
     },
     /// Commit what came before, then stop.
     Close,
@@ -126,9 +133,11 @@ fn run(
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_max);
     // Ends on Close, when every sender is gone, or at the first storage error. While deleted
-    // webhooks are being swept it does not wait for ops: an empty batch sweeps a chunk.
+    // webhooks are being swept or retention has work, it does not wait for ops: an empty
+    // batch sweeps or deletes a chunk.
     loop {
-        let first = if state.sweeps.is_empty() {
+        let idle = state.sweeps.is_empty() && !state.retention.busy;
+        let first = if idle {
             rx.blocking_recv()
         } else {
             match rx.try_recv() {
@@ -137,7 +146,7 @@ fn run(
                 Err(TryRecvError::Disconnected) => return,
             }
         };
-        if first.is_none() && state.sweeps.is_empty() {
+        if first.is_none() && idle {
             return;
         }
         batch.extend(first);
@@ -174,6 +183,11 @@ fn commit_batch(
     let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut outbox_grew = false;
     let mut index_changes = Vec::new();
+    let mut ticks = Vec::new();
+    let mut deleted_now = super::retention::Deleted::default();
+    let started = std::time::Instant::now();
+    let ops_count = batch.len();
+    let mut counts = (0u64, 0u64, [0u64; 2]);
     let mut ops = batch.drain(..);
     let result = (|| {
         let mut tx = db.begin_write().map_err(storage)?;
@@ -186,6 +200,10 @@ fn commit_batch(
             let mut b =
                 Batch::open(&tx, &tail, &state.index, &state.user_webhooks, state.next_seq)?;
             for op in ops.by_ref() {
+                if let WriteOp::Tick { reply } = op {
+                    ticks.extend(reply);
+                    continue;
+                }
                 let (answer, failure) = apply(&mut b, op);
                 answers.extend(answer);
                 if let Some(e) = failure {
@@ -193,6 +211,8 @@ fn commit_batch(
                 }
             }
             let finished = sweep_chunk(&mut b, &state.sweeps)?;
+            let created = b.new_pending.len();
+            deleted_now = state.retention.chunk(&mut b, created)?;
             let folding = b.fold_now || tail.len() + b.new_pending.len() >= state.pending_max;
             if folding {
                 let started = std::time::Instant::now();
@@ -205,6 +225,7 @@ fn commit_batch(
             }
             b.flush_stats()?;
             outbox_grew = b.outbox_grew;
+            counts = (b.events_stored, b.new_pending.len() as u64, b.ended);
             index_changes = std::mem::take(&mut b.index_changes);
             state.sweeps.retain(|(w, _)| !finished.contains(w));
             state.sweeps.append(&mut b.new_sweeps);
@@ -248,6 +269,26 @@ fn commit_batch(
     if result.is_ok() {
         // Before any answer: an acknowledged create matches every event sent after it.
         state.index.apply(index_changes);
+        let m = &state.metrics;
+        let (events, created, ended) = counts;
+        m.events_accepted.inc_by(events);
+        m.dispatches_created.inc_by(created);
+        for (status, n) in [("SUCCEEDED", ended[0]), ("FAILED", ended[1])] {
+            if n > 0 {
+                m.dispatches_ended.get_or_create(&StatusLabels { status }).inc_by(n);
+            }
+        }
+        for (record, n) in [("dispatch", deleted_now.dispatches), ("event", deleted_now.events)] {
+            if n > 0 {
+                m.retention_deleted.get_or_create(&RecordLabels { record }).inc_by(n);
+            }
+        }
+        m.group_commit_ops.observe(ops_count as f64);
+        m.group_commit_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    let busy = state.retention.busy;
+    for reply in ticks {
+        answers.push(answer(reply, Ok(busy)));
     }
     if let Err(e) = &result {
         // Ops the failed transaction never reached are failed the same way.
@@ -277,6 +318,8 @@ pub(crate) struct WriterState {
     pub sweeping: Arc<AtomicBool>,
     /// Webhooks per user (for `limits.webhooks_per_user_max`), counted at open.
     pub user_webhooks: HashMap<String, usize>,
+    pub retention: Retention,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Dispatches one group ends for deleted webhooks (a delete itself ends this many inline, so
@@ -303,6 +346,8 @@ fn sweep_chunk(b: &mut Batch<'_, '_>, sweeps: &[(String, u64)]) -> Result<Vec<St
 fn reject(op: WriteOp) -> Option<Answer> {
     Some(match op {
         WriteOp::Close => return None,
+        WriteOp::Tick { reply: None } => return None,
+        WriteOp::Tick { reply: Some(reply) } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::CreateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::UpdateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::DeleteWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
@@ -325,6 +370,7 @@ fn settle<T: Send + 'static>(
 /// Applies one op. A rule it breaks is its own answer; only storage errors abort the batch.
 fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreError>) {
     match op {
+        WriteOp::Tick { .. } => (None, None),
         WriteOp::Close => {
             // The stop is clean: the next open says so (a kill leaves this at 0).
             let marked = b.meta.insert(META_CLEAN_CLOSE, 1).map(|_| ()).map_err(storage);
@@ -532,6 +578,9 @@ fn ingest(
             {
                 b.enqueue(id, &encoded.target, due)?;
             }
+            if d.status != DispatchStatus::Active {
+                b.mark_finished(id, d.finished_ms.unwrap_or(d.created_ms), d.status)?;
+            }
             // The webhook's stats and list entry are folded in later (pending.rs).
             b.webhook_pending.insert(b.next_seq, (d.webhook_id.as_str(), id)).map_err(storage)?;
             b.next_seq += 1;
@@ -545,14 +594,17 @@ fn ingest(
             dispatch_ids: ids,
         };
         if let Some(record) = &event.record_json {
-            // Version byte, then the event's JSON as it is (it is JSON already: no second encoding).
-            let ids = serde_json::to_string(&a.dispatch_ids)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let stored = format!("\u{1}{{\"dispatchIds\":{ids},\"event\":{record}}}");
+            let stored = records::encode_event(
+                &event.user_id,
+                event.idempotency_key.as_deref(),
+                &a.dispatch_ids,
+                record,
+            )?;
             b.events
-                .insert((event.created_ms, event.id.as_str()), stored.as_bytes())
+                .insert((event.created_ms, event.id.as_str()), stored.as_slice())
                 .map_err(storage)?;
         }
+        b.events_stored += 1;
         if let Some(key) = &event.idempotency_key {
             let bytes = serde_json::to_vec(&a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             b.event_idem
@@ -590,6 +642,7 @@ fn record_call(
                 };
                 s.next_due_ms = None;
                 s.finished_ms = Some(finished_ms);
+                b.mark_finished(dispatch_id, finished_ms, s.status)?;
             }
         }
     }

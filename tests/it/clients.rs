@@ -24,6 +24,9 @@ fn run(cmd: &mut Command, what: &str) {
 
 /// A virtualenv with the pinned Python client; reinstalled when requirements.txt changes.
 pub fn python_env() -> PathBuf {
+    // Tests run in parallel: one of them installs, the others wait for it.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let venv = target_dir().join("pyenv");
     let requirements = std::fs::read_to_string(clients_dir().join("requirements.txt")).unwrap();
     let marker = venv.join("installed-requirements.txt");

@@ -17,6 +17,8 @@ use hookd::model::{Call, Condition, Dispatch, DispatchStatus, EventType, Webhook
 use hookd::store::{DispatchScope, NewEvent, PageRequest, Store, StoreLimits, WriterHandle};
 
 const DELAYS: [u64; 3] = [100, 200, 400];
+/// Retention in the simulation's clock: finished dispatches older than this may be deleted.
+const RETENTION_MS: u64 = 5_000;
 
 /// xorshift64*: small, seedable, good enough to pick steps.
 struct Rng(u64);
@@ -44,6 +46,8 @@ impl Rng {
 struct Known {
     webhook_id: String,
     ended: Option<DispatchStatus>,
+    /// When it ended (its last call's finish).
+    ended_ms: u64,
     calls: usize,
     due_ms: u64,
     do_not_retry: bool,
@@ -56,6 +60,8 @@ fn open(path: &Path) -> (Store, WriterHandle) {
         write_batch_max: 64,
         cache_bytes: 4 << 20,
         webhook_pending_max: 7,
+        finished_max_age_ms: RETENTION_MS,
+        store_bytes_max: 0,
     };
     Store::open(path, limits).expect("open store")
 }
@@ -78,6 +84,8 @@ struct Sim {
     next_id: u64,
     /// An ingest or a crash since the last check: per-webhook data is checked too.
     webhooks_changed: bool,
+    /// Dispatches that ended before this may have been deleted by retention.
+    retained_before_ms: u64,
 }
 
 impl Sim {
@@ -153,7 +161,14 @@ impl Sim {
                 }
                 for (id, webhook_id, do_not_retry) in planned {
                     let due_ms = self.now_ms;
-                    let k = Known { webhook_id, ended: None, calls: 0, due_ms, do_not_retry };
+                    let k = Known {
+                        webhook_id,
+                        ended: None,
+                        ended_ms: 0,
+                        calls: 0,
+                        due_ms,
+                        do_not_retry,
+                    };
                     self.known.insert(id, k);
                 }
             }
@@ -261,6 +276,7 @@ impl Sim {
         let now = self.now_ms;
         let k = self.known.get_mut(&d.id).expect("known");
         k.calls += 1;
+        k.ended_ms = now + took;
         match decision {
             hookd::model::Decision::Succeeded => k.ended = Some(DispatchStatus::Succeeded),
             hookd::model::Decision::Failed => k.ended = Some(DispatchStatus::Failed),
@@ -294,6 +310,21 @@ impl Sim {
         self.writer = Some(writer);
     }
 
+    /// Retention at the simulation's time, until it has nothing more to do (it would go on
+    /// by itself in later groups; waiting keeps the check's reads consistent).
+    async fn retain(&mut self) {
+        self.webhooks_changed = true;
+        for round in 0.. {
+            match self.store().retain(self.now_ms).await {
+                Ok(false) => break,
+                Ok(true) if round < 100 => {}
+                Ok(true) => self.fail("retention never finishes".into()),
+                Err(e) => self.fail(format!("retain: {e}")),
+            }
+        }
+        self.retained_before_ms = self.retained_before_ms.max(self.now_ms - RETENTION_MS);
+    }
+
     async fn check(&self) {
         let keys = match self.store().outbox_keys().await {
             Ok(k) => k,
@@ -311,6 +342,9 @@ impl Sim {
         };
         for (id, k) in &self.known {
             let Some(d) = stored.get(id) else {
+                if k.ended.is_some() && k.ended_ms < self.retained_before_ms {
+                    continue; // deleted by retention
+                }
                 self.fail(format!("acknowledged dispatch {id} is lost"))
             };
             if d.calls.len() != k.calls {
@@ -373,7 +407,11 @@ impl Sim {
                     ids.len()
                 ));
             }
-            let last_status = ids.last().and_then(|id| stored.get(*id)).map(|d| d.status);
+            // The latest one's status, also when retention deleted it.
+            let last_status = ids.last().map(|id| match stored.get(*id) {
+                Some(d) => d.status,
+                None => self.known[*id].ended.unwrap_or(DispatchStatus::Active),
+            });
             if stats.last_dispatch.as_ref().map(|l| l.status) != last_status {
                 self.fail(format!(
                     "{}: lastDispatch {:?}, latest {last_status:?}",
@@ -387,6 +425,7 @@ impl Sim {
                 Err(e) => self.fail(format!("list_dispatches {}: {e}", w.id)),
             };
             let listed_ids: Vec<&String> = listed.items.iter().map(|d| &d.id).collect();
+            ids.retain(|id| stored.contains_key(*id));
             if listed.total != ids.len() as u64 || listed_ids != ids {
                 self.fail(format!(
                     "{}: listed {} ({listed_ids:?}), acknowledged {ids:?}",
@@ -440,12 +479,14 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         now_ms: 1_000_000,
         next_id: 0,
         webhooks_changed: false,
+        retained_before_ms: 0,
     };
     let steps = 20 + sim.rng.below(40);
     for _ in 0..steps {
         match sim.rng.below(100) {
             0..25 => sim.ingest().await,
-            25..45 => sim.now_ms += sim.rng.below(3000),
+            25..40 => sim.now_ms += sim.rng.below(3000),
+            40..45 => sim.retain().await,
             45..65 => sim.pass().await,
             65..90 => sim.complete_one(false).await,
             90..95 => sim.exchange_one(),
@@ -464,6 +505,9 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         while !sim.pending.is_empty() {
             sim.complete_one(true).await;
         }
+        if sim.rng.below(2) == 0 {
+            sim.retain().await;
+        }
         sim.check().await;
     }
     if !sim.known.values().all(|k| k.ended.is_some()) {
@@ -472,10 +516,11 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
     // The final statuses as `lastDispatch` shows them.
     sim.webhooks_changed = true;
     sim.check().await;
+    let stored = sim.store().all_dispatches().await.expect("all dispatches").len();
     if let Some(w) = sim.writer.take() {
         w.close().await;
     }
-    (sim.known.len(), 0)
+    (sim.known.len(), sim.known.len() - stored)
 }
 
 #[test]
@@ -492,11 +537,15 @@ fn outbox_simulation() {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut dispatches = 0;
+    let mut retained = 0;
     for &seed in &seeds {
-        dispatches += runtime.block_on(run_seed(seed, base)).0;
+        let (made, deleted) = runtime.block_on(run_seed(seed, base));
+        dispatches += made;
+        retained += deleted;
     }
     println!(
-        "outbox simulation: {} seeds, {dispatches} dispatches, all invariants held",
+        "outbox simulation: {} seeds, {dispatches} dispatches ({retained} deleted by retention), all invariants held",
         seeds.len()
     );
+    assert!(seeds.len() < 100 || retained > 0, "retention never ran");
 }

@@ -112,6 +112,9 @@ fn config(dir: &std::path::Path, port: u16) -> Config {
         // Calls that never end: the dispatcher writes nothing while the test injects its fault.
         delivery: Delivery { allow_private_targets: true, timeout_ms: 600_000, ..d.delivery },
         limits: Limits { shutdown_grace_ms: 100, ..d.limits },
+        retention: d.retention,
+        log: d.log,
+        metrics: d.metrics,
     }
 }
 
@@ -146,7 +149,7 @@ fn start(dir: &std::path::Path, storage: Storage) -> Running {
             "stop asked by the test"
         };
         tracing::subscriber::with_default(subscriber(&thread_log), || {
-            runtime.block_on(hookd::app::run_on(cfg, storage, stop))
+            runtime.block_on(hookd::app::run_on(cfg, None, storage, stop))
         })
         .map_err(|e| format!("{e:#}"))
     });

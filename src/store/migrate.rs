@@ -1,0 +1,68 @@
+//! Schema migrations, run at open inside the transaction that checks the version: a store of
+//! an older schema is brought to `SCHEMA_VERSION` in place (one step per version), or the open
+//! fails and the file is untouched.
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::StoreError;
+use super::error::storage;
+use super::records;
+use super::schema::*;
+use crate::model::DispatchStatus;
+
+/// The oldest schema this hookd migrates from.
+pub(super) const OLDEST_MIGRATED: u64 = 4;
+
+/// Migrates from `from` to `SCHEMA_VERSION` within `tx`.
+pub(super) fn migrate(tx: &WriteTransaction, from: u64) -> Result<(), StoreError> {
+    let mut version = from;
+    while version < SCHEMA_VERSION {
+        match version {
+            4 => v4_to_v5(tx)?,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "no migration from schema version {other}"
+                )));
+            }
+        }
+        version += 1;
+        tracing::info!(schema_version = version, "migrated the store");
+    }
+    Ok(())
+}
+
+/// Schema 5 adds retention: `dispatches_finished` lists every ended dispatch by its end
+/// time, and an event record carries its idempotency key (so the key expires with it).
+fn v4_to_v5(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let states = tx.open_table(DISPATCH_STATES).map_err(storage)?;
+    let mut finished = tx.open_table(DISPATCHES_FINISHED).map_err(storage)?;
+    for entry in states.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let s = records::decode_dispatch_state(v.value())?;
+        if s.status != DispatchStatus::Active {
+            let ended_ms = s.finished_ms.or(s.calls.last().map(|c| c.finished_ms)).unwrap_or(0);
+            finished.insert((ended_ms, k.value()), ()).map_err(storage)?;
+        }
+    }
+    let idem = tx.open_table(EVENT_IDEM).map_err(storage)?;
+    let mut events = tx.open_table(EVENTS).map_err(storage)?;
+    for entry in idem.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let (user, key) = k.value();
+        let answer: super::EventAnswer = serde_json::from_slice(v.value())
+            .map_err(|e| StoreError::Corrupt(format!("event answer: {e}")))?;
+        let event_key = (answer.created_ms, answer.id.as_str());
+        let rewritten = match events.get(event_key).map_err(storage)? {
+            Some(old) => {
+                let header = records::decode_event_header(old.value())?;
+                let json = records::event_json(old.value())?;
+                Some(records::encode_event(user, Some(key), &header.dispatch_ids, json)?)
+            }
+            None => None,
+        };
+        if let Some(bytes) = rewritten {
+            events.insert(event_key, bytes.as_slice()).map_err(storage)?;
+        }
+    }
+    Ok(())
+}
