@@ -447,7 +447,14 @@ fn finish_row(
 
 /// The many-webhooks scenario stores 100,000 webhooks for one user: past the default per-user
 /// limit, which is about abuse, not load.
-const BENCH_CONFIG: &str = "[delivery]\nallow_private_targets = true\nretry_delays_ms = [1000, 2000, 4000]\ninflight_max = 256\nper_target_inflight_max = 64\n[limits]\nwebhooks_per_user_max = 1000000\n";
+macro_rules! bench_base {
+    () => {
+        "[delivery]\nallow_private_targets = true\nretry_delays_ms = [1000, 2000, 4000]\ninflight_max = 256\nper_target_inflight_max = 64\n[limits]\nwebhooks_per_user_max = 1000000\n"
+    };
+}
+/// Retention on, with a window short enough that every scenario longer than 10 s deletes
+/// while it runs (the cost of retention is part of every number).
+const BENCH_CONFIG: &str = concat!(bench_base!(), "[retention]\nfinished_max_age_ms = 10000\n");
 
 // ---------------------------------------------------------------- scenarios
 
@@ -575,7 +582,7 @@ async fn backlog(s: Sizes) -> Row {
     let sink = new_sink(false);
     let rx = start_receiver(sink.clone()).await;
     let mut d = Daemon::start(
-        "[delivery]\nallow_private_targets = true\nretry_delays_ms = [1000, 2000, 4000]\ntimeout_ms = 600000\ninflight_max = 256\nper_target_inflight_max = 64\n[limits]\nshutdown_grace_ms = 100\n",
+        "[delivery]\nallow_private_targets = true\nretry_delays_ms = [1000, 2000, 4000]\ntimeout_ms = 600000\ninflight_max = 256\nper_target_inflight_max = 64\n[limits]\nshutdown_grace_ms = 100\n[retention]\nfinished_max_age_ms = 10000\n",
     );
     create_webhooks(d.addr, rx, std::iter::once("A".to_string())).await;
     let batch = 1000.min(s.backlog_events);
@@ -619,8 +626,10 @@ async fn soak(s: Sizes) -> Row {
     let window_ms = var("SOAK_WINDOW_MS", s.soak_window_ms);
     let sink = new_sink(true);
     let rx = start_receiver(sink.clone()).await;
-    let d =
-        Daemon::start(&format!("{BENCH_CONFIG}[retention]\nfinished_max_age_ms = {window_ms}\n"));
+    let d = Daemon::start(&format!(
+        "{}[retention]\nfinished_max_age_ms = {window_ms}\n",
+        bench_base!()
+    ));
     create_webhooks(d.addr, rx, std::iter::once("A".to_string())).await;
     let requests = (rate * seconds) as usize;
     let body: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(|i| event("A", i));

@@ -303,7 +303,14 @@ impl Config {
         let raw: RawConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| err("file", e.to_string()))?;
-        Config::from_raw(raw)
+        // A bad value is named by where it came from: the variable, if one set it.
+        Config::from_raw(raw).map_err(|mut e| {
+            let var = Config::env_name(e.key.split('[').next().unwrap_or(&e.key));
+            if env.contains_key(&var) {
+                e.key = format!("{var} (for {})", e.key);
+            }
+            e
+        })
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -579,6 +586,22 @@ impl Config {
     }
 }
 
+/// Levenshtein distance, for suggesting the setting a misspelt variable meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 fn positive(key: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
     match v {
         Some(0) => Err(err(key, "must be at least 1")),
@@ -617,12 +640,30 @@ fn check_users(users: &[User]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Puts every `HOOKD_*` variable into `table` under its key; an unknown one is an error.
+/// Puts every `HOOKD_*` variable that names a setting into `table` under its key. One that
+/// looks like a setting but is none (`HOOKD_<SECTION>_...` of a known section, or a near miss
+/// of a setting's name) is an error with the nearest name; any other is not hookd's and is left
+/// alone (`HOOKD_LOG=debug` is not a setting: `HOOKD_LOG_LEVEL` is).
 fn apply_env(table: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     let known = Config::known_keys();
     for (name, text) in env.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)) {
         let Some((key, default)) = known.iter().find(|(k, _)| &Config::env_name(k) == name) else {
-            return Err(err(name.clone(), "is not a hookd setting"));
+            let in_section = known.iter().filter_map(|(k, _)| k.split_once('.')).any(|(s, _)| {
+                name.starts_with(&format!("{ENV_PREFIX}{}_", s.to_ascii_uppercase()))
+            });
+            let nearest = known
+                .iter()
+                .map(|(k, _)| Config::env_name(k))
+                .min_by_key(|candidate| edit_distance(candidate, name));
+            let distance = nearest.as_ref().map_or(usize::MAX, |n| edit_distance(n, name));
+            if !in_section && distance > 2 {
+                continue;
+            }
+            let hint = match nearest {
+                Some(n) if distance <= name.len() / 3 => format!("; did you mean {n}?"),
+                _ => String::new(),
+            };
+            return Err(err(name.clone(), format!("is not a hookd setting{hint}")));
         };
         let value = if default.is_str() {
             toml::Value::String(text.clone())
@@ -725,6 +766,20 @@ mod tests {
         assert!(e.message.contains("timeout"), "{e}");
         let e = load("", &[("HOOKD_DELIVERY_TIMEOUT", "5")]).expect_err("typo");
         assert_eq!(e.key, "HOOKD_DELIVERY_TIMEOUT");
+        assert!(e.message.contains("did you mean HOOKD_DELIVERY_TIMEOUT_MS?"), "{e}");
+        let e = load("", &[("HOOKD_LISTN", "127.0.0.1:1")]).expect_err("near miss");
+        assert!(e.message.contains("did you mean HOOKD_LISTEN?"), "{e}");
+        let e = load("", &[("HOOKD_RETENTION_MAX_AGE_MS", "5")]).expect_err("in a section");
+        assert_eq!(e.key, "HOOKD_RETENTION_MAX_AGE_MS");
+        // Not shaped like a setting: not hookd's business.
+        load("", &[("HOOKD_LOG", "debug"), ("HOOKD_HOME", "/x"), ("HOOKD_URL", "http://h")])
+            .expect("variables that are no setting's are left alone");
+        let c = load("", &[("HOOKD_LOG_LEVEL", "debug"), ("HOOKD_LOG_FORMAT", "json")]).unwrap();
+        assert_eq!((c.log.level.as_str(), c.log.format), ("debug", LogFormat::Json));
+        let e = load("", &[("HOOKD_LOG_FORMAT", "xml")]).expect_err("bad format");
+        assert_eq!(e.key, "HOOKD_LOG_FORMAT (for log.format)");
+        let e = load("[log]\nformat = \"xml\"", &[]).expect_err("bad format");
+        assert_eq!(e.key, "log.format");
     }
 
     #[test]

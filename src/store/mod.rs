@@ -1058,15 +1058,22 @@ fn without_panics<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Sto
     let seen = message.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
         if let Ok(mut m) = seen.lock() {
-            *m = info.to_string();
+            *m = format!("{payload}{}", at.unwrap_or_default());
         }
     }));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(previous);
     result.unwrap_or_else(|_| {
         let m = message.lock().map(|m| m.clone()).unwrap_or_default();
-        Err(StoreError::Corrupt(format!("the store file is damaged ({m})")))
+        Err(StoreError::Corrupt(format!("the store file is damaged; redb failed reading it: {m}")))
     })
 }
 

@@ -153,7 +153,8 @@ fn make_store_v4_fixture() {
 /// Today's hookd opens the v4 store and reads every record back as it was shown.
 #[test]
 fn the_v4_store_opens_and_reads_back() {
-    let d = TestDaemon::start_on_store("", Path::new(STORE));
+    // Kept whatever the fixture's age (the default retention would delete its ended ones).
+    let d = TestDaemon::start_on_store("[retention]\nfinished_max_age_ms = 0\n", Path::new(STORE));
     let want: Value = serde_json::from_str(&std::fs::read_to_string(SHOWN).unwrap()).unwrap();
     let got = shown(&d);
     for user in [ALICE, BOB] {
@@ -177,4 +178,29 @@ fn the_v4_store_opens_and_reads_back() {
         }
     }
     assert!(d.log().contains("the last run closed the store cleanly"), "{}", d.log());
+    assert!(d.log().contains("migrated the store schema_version=5"), "{}", d.log());
+}
+
+/// Retention works on a migrated v4 store: its ended dispatches (listed by the migration) go,
+/// the ACTIVE ones stay, and the keyed events whose dispatches are all gone free their keys.
+#[test]
+fn retention_deletes_the_ended_dispatches_of_a_migrated_v4_store() {
+    let d = TestDaemon::start_on_store("[retention]\nfinished_max_age_ms = 1\n", Path::new(STORE));
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(SHOWN).unwrap()).unwrap();
+    let mut ended = 0;
+    for (user, token) in [(ALICE, ALICE_TOKEN), (BOB, BOB_TOKEN)] {
+        for w in want[user]["dispatches"].as_array().unwrap() {
+            let id = w["id"].as_str().unwrap();
+            let path = format!("/v2/webhook-dispatches/{id}");
+            if w["status"] == "ACTIVE" {
+                assert_eq!(d.req("GET", &path, Some(token), None).status, 200, "{id} stays");
+            } else {
+                ended += 1;
+                wait_until(Duration::from_secs(30), &format!("{id} to be deleted"), || {
+                    (d.req("GET", &path, Some(token), None).status == 404).then_some(())
+                });
+            }
+        }
+    }
+    assert!(ended > 0, "the fixture has ended dispatches");
 }
