@@ -118,6 +118,14 @@ impl Retention {
         let (dispatches, dispatches_done) = self.dispatches(b, cutoff_ms)?;
         // Under the guard, an event may go as soon as its dispatches are gone.
         let event_cutoff_ms = if over_size { Some(self.now_ms) } else { cutoff_ms };
+        // An event created at or after the oldest finished dispatch still stored has a
+        // dispatch left (it ended no earlier than the event was made), or may have: scanning
+        // past that would read, again and again, events whose dispatches are waiting their turn.
+        let frontier_ms = b.dispatches_finished.first().map_err(storage)?.map(|(k, _)| k.value().0);
+        let event_cutoff_ms = match (event_cutoff_ms, frontier_ms) {
+            (Some(c), Some(f)) => Some(c.min(f)),
+            (c, _) => c,
+        };
         let (events, events_done) = match event_cutoff_ms {
             Some(c) => self.events(b, c)?,
             None => (0, true),

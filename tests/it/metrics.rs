@@ -111,6 +111,13 @@ fn metrics_count_what_was_sent_and_delivered() {
     // Every write went through a group commit: at least the 40 ingests and 500 outcomes.
     assert!(m.value("hookd_group_commit_ops_sum", &[]) >= 542.0);
     assert!(m.value("hookd_group_commit_duration_seconds_count", &[]) >= 1.0);
+    // The log says it too: each FAILED dispatch at warn, failed calls at info but at most one
+    // line per target per 10 s (this run is shorter), a line per request.
+    let log = d.log();
+    assert_eq!(log.matches("dispatch FAILED: no more retries").count(), 100);
+    let failed_call_lines = log.matches("call failed (at most one line per target").count();
+    assert!((1..=2).contains(&failed_call_lines), "{failed_call_lines} lines");
+    assert!(log.matches("hookd::access").count() >= requests + 2);
     let file = std::fs::metadata(d.data_dir().join("hookd.redb")).unwrap().len();
     assert_eq!(m.value("hookd_store_file_bytes", &[]), file as f64);
     // Retention (2 s) deletes all 400 dispatches and their 400 events.
