@@ -236,13 +236,20 @@ async fn reload_on_sighup(
     }
 }
 
-/// A new control token for `hookd backup`, written to `data_dir/control.token` (0600) with
-/// the address the daemon listens on (the config may say port 0).
-fn control_token(data_dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<String> {
+/// A random token of `ADMIN_TOKEN_CHARS` characters.
+fn new_token() -> anyhow::Result<String> {
     let mut token = String::new();
     while token.len() < ADMIN_TOKEN_CHARS {
         token.push_str(&crate::sys::new_id().context("reading the random source")?);
     }
+    token.truncate(ADMIN_TOKEN_CHARS);
+    Ok(token)
+}
+
+/// A new control token for `hookd backup`, written to `data_dir/control.token` (0600) with
+/// the address the daemon listens on (the config may say port 0).
+fn control_token(data_dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<String> {
+    let token = new_token()?;
     let path = data_dir.join(crate::ops::CONTROL_TOKEN_FILE);
     write_private_atomically(&path, &format!("{token}\nlisten={listen}\n"))
         .with_context(|| format!("writing the control token to {}", path.display()))?;
@@ -258,11 +265,7 @@ fn admin_user(data_dir: &Path) -> anyhow::Result<User> {
             t.trim().to_string()
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut token = String::new();
-            while token.len() < ADMIN_TOKEN_CHARS {
-                token.push_str(&crate::sys::new_id().context("reading the random source")?);
-            }
-            token.truncate(ADMIN_TOKEN_CHARS);
+            let token = new_token()?;
             write_private_atomically(&path, &format!("{token}\n"))
                 .with_context(|| format!("writing the admin token to {}", path.display()))?;
             tracing::info!(file = %path.display(), "no users configured: created user admin; its token is in the file");
