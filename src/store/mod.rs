@@ -13,6 +13,9 @@ mod retention;
 mod schema;
 mod writer;
 
+/// The schema this hookd writes (older ones are migrated at open).
+pub use schema::SCHEMA_VERSION;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
