@@ -41,7 +41,7 @@ pub(super) fn write_backup(rtx: &ReadTransaction, path: &Path) -> Result<u64, St
     entries += copy(rtx, &db, OUTBOX)?;
     entries += copy(rtx, &db, WEBHOOK_PENDING)?;
     entries += copy(rtx, &db, WEBHOOK_SWEEPS)?;
-    entries += copy(rtx, &db, DISPATCHES_FINISHED)?;
+    entries += copy(rtx, &db, FINISHED_GROUPS)?;
     entries += copy(rtx, &db, JOBS)?;
     // The copy was closed cleanly by definition; the last commit is durable.
     let mut tx = db.begin_write().map_err(storage)?;
@@ -115,7 +115,12 @@ pub(super) fn verify(db: &Database) -> Result<CheckReport, StoreError> {
     let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
     let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
     let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
-    let finished = rtx.open_table(DISPATCHES_FINISHED).map_err(storage)?;
+    // Every id listed for retention (an offline check may hold them all in memory).
+    let mut listed = std::collections::HashSet::new();
+    for row in rtx.open_table(FINISHED_GROUPS).map_err(storage)?.iter().map_err(storage)? {
+        let (_, v) = row.map_err(storage)?;
+        listed.extend(v.value().split(|&b| b == b'\n').map(<[u8]>::to_vec));
+    }
     for row in states.iter().map_err(storage)? {
         let (k, v) = row.map_err(storage)?;
         let id = k.value();
@@ -145,8 +150,7 @@ pub(super) fn verify(db: &Database) -> Result<CheckReport, StoreError> {
                 r.problems.push(format!("ACTIVE dispatch {id} has no outbox key"));
             }
         } else {
-            let ended = s.finished_ms.or(s.calls.last().map(|c| c.finished_ms)).unwrap_or(0);
-            if finished.get((ended, id)).map_err(storage)?.is_none() {
+            if !listed.contains(id.as_bytes()) {
                 r.problems.push(format!("ended dispatch {id} is not listed for retention"));
             }
         }

@@ -35,7 +35,10 @@ pub(super) struct Batch<'t, 'p> {
     pub(super) jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
     pub(super) webhook_pending: Table<'t, u64, (&'static str, &'static str)>,
     pub(super) webhook_sweeps: Table<'t, &'static str, u64>,
-    pub(super) dispatches_finished: Table<'t, (u64, &'static str), ()>,
+    pub(super) finished_groups: Table<'t, (u64, &'static str), &'static [u8]>,
+    /// Dispatches this group ended, with their end times: one `finished_groups` entry at the
+    /// end of the group.
+    pub(super) finished: Vec<(u64, String)>,
     /// Fold in this group whatever the count (a delete needs its waiting dispatches listed).
     pub(super) fold_now: bool,
     /// Webhooks deleted in this group whose sweep goes on in later groups.
@@ -79,7 +82,8 @@ impl<'t, 'p> Batch<'t, 'p> {
             user_webhooks_delta: HashMap::new(),
             webhook_pending: tx.open_table(WEBHOOK_PENDING).map_err(storage)?,
             webhook_sweeps: tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?,
-            dispatches_finished: tx.open_table(DISPATCHES_FINISHED).map_err(storage)?,
+            finished_groups: tx.open_table(FINISHED_GROUPS).map_err(storage)?,
+            finished: Vec::new(),
             fold_now: false,
             new_sweeps: Vec::new(),
             tail,
@@ -222,16 +226,27 @@ impl<'t, 'p> Batch<'t, 'p> {
         self.save_state(dispatch_id, &s)
     }
 
-    /// Lists an ended dispatch for retention, by the time it ended.
+    /// Lists an ended dispatch for retention, by the time it ended (written by
+    /// `flush_finished` with the others of this group).
     pub(super) fn mark_finished(
         &mut self,
         dispatch_id: &str,
         finished_ms: u64,
         status: DispatchStatus,
     ) -> Result<(), StoreError> {
-        self.dispatches_finished.insert((finished_ms, dispatch_id), ()).map_err(storage)?;
+        self.finished.push((finished_ms, dispatch_id.to_string()));
         self.ended[usize::from(status != DispatchStatus::Succeeded)] += 1;
         Ok(())
+    }
+
+    /// Writes the dispatches this group ended as one `finished_groups` entry.
+    pub(super) fn flush_finished(&mut self) -> Result<(), StoreError> {
+        let finished = std::mem::take(&mut self.finished);
+        let Some(latest_ms) = finished.iter().map(|(ms, _)| *ms).max() else { return Ok(()) };
+        let mut ids: Vec<String> = finished.into_iter().map(|(_, id)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        put_finished_group(&mut self.finished_groups, latest_ms, &ids)
     }
 
     /// One chunk of a deleted webhook's sweep: ends up to `budget` of its listed dispatches
@@ -316,4 +331,28 @@ impl<'t, 'p> Batch<'t, 'p> {
         }
         Ok(())
     }
+}
+
+/// Lists `ids` (sorted) as ended at or before `latest_ms`, merged with an entry already under
+/// the same key (the same first id ending twice within a millisecond of a clock step back).
+pub(super) fn put_finished_group(
+    table: &mut Table<'_, (u64, &'static str), &'static [u8]>,
+    latest_ms: u64,
+    ids: &[String],
+) -> Result<(), StoreError> {
+    let Some(first) = ids.first() else { return Ok(()) };
+    let existing = table.get((latest_ms, first.as_str())).map_err(storage)?.map(|v| {
+        String::from_utf8_lossy(v.value()).split('\n').map(str::to_string).collect::<Vec<_>>()
+    });
+    let value = match existing {
+        Some(mut merged) => {
+            merged.extend_from_slice(ids);
+            merged.sort_unstable();
+            merged.dedup();
+            merged.join("\n")
+        }
+        None => ids.join("\n"),
+    };
+    table.insert((latest_ms, first.as_str()), value.as_bytes()).map_err(storage)?;
+    Ok(())
 }

@@ -19,6 +19,7 @@ pub(super) fn migrate(tx: &WriteTransaction, from: u64) -> Result<(), StoreError
     while version < SCHEMA_VERSION {
         match version {
             4 => v4_to_v5(tx)?,
+            5 => v5_to_v6(tx)?,
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "no migration from schema version {other}"
@@ -64,5 +65,34 @@ fn v4_to_v5(tx: &WriteTransaction) -> Result<(), StoreError> {
             events.insert(event_key, bytes.as_slice()).map_err(storage)?;
         }
     }
+    Ok(())
+}
+
+/// Dispatches one migrated `finished_groups` entry lists at most.
+const MIGRATED_GROUP_IDS_MAX: usize = 512;
+
+/// Schema 6 lists ended dispatches a group at a time (`finished_groups`) instead of one key
+/// each: the schema-5 keys, in end-time order, become groups of up to 512.
+fn v5_to_v6(tx: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = tx.open_table(DISPATCHES_FINISHED).map_err(storage)?;
+        let mut groups = tx.open_table(FINISHED_GROUPS).map_err(storage)?;
+        let mut ids: Vec<String> = Vec::with_capacity(MIGRATED_GROUP_IDS_MAX);
+        let mut latest_ms = 0;
+        for entry in old.iter().map_err(storage)? {
+            let (k, _) = entry.map_err(storage)?;
+            let (ended_ms, id) = k.value();
+            ids.push(id.to_string());
+            latest_ms = ended_ms;
+            if ids.len() == MIGRATED_GROUP_IDS_MAX {
+                ids.sort_unstable();
+                super::batch::put_finished_group(&mut groups, latest_ms, &ids)?;
+                ids.clear();
+            }
+        }
+        ids.sort_unstable();
+        super::batch::put_finished_group(&mut groups, latest_ms, &ids)?;
+    }
+    tx.delete_table(DISPATCHES_FINISHED).map_err(storage)?;
     Ok(())
 }

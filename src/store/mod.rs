@@ -1158,7 +1158,7 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(JOBS).map_err(storage)?;
     tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
     tx.open_table(WEBHOOK_PENDING).map_err(storage)?;
-    tx.open_table(DISPATCHES_FINISHED).map_err(storage)?;
+    tx.open_table(FINISHED_GROUPS).map_err(storage)?;
     Ok(())
 }
 

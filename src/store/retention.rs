@@ -21,6 +21,7 @@ use super::StoreError;
 use super::batch::Batch;
 use super::error::storage;
 use super::records;
+use crate::model::DispatchStatus;
 
 /// Finished dispatches one group deletes at most (about a millisecond of writer time).
 pub(crate) const DISPATCHES_PER_GROUP_MAX: usize = 512;
@@ -118,10 +119,10 @@ impl Retention {
         let (dispatches, dispatches_done) = self.dispatches(b, cutoff_ms)?;
         // Under the guard, an event may go as soon as its dispatches are gone.
         let event_cutoff_ms = if over_size { Some(self.now_ms) } else { cutoff_ms };
-        // An event created at or after the oldest finished dispatch still stored has a
-        // dispatch left (it ended no earlier than the event was made), or may have: scanning
-        // past that would read, again and again, events whose dispatches are waiting their turn.
-        let frontier_ms = b.dispatches_finished.first().map_err(storage)?.map(|(k, _)| k.value().0);
+        // An event created after the oldest listed group of finished dispatches ended may have a
+        // dispatch left (a dispatch ends no earlier than its event was made): scanning past
+        // that would read, again and again, events whose dispatches are waiting their turn.
+        let frontier_ms = b.finished_groups.first().map_err(storage)?.map(|(k, _)| k.value().0);
         let event_cutoff_ms = match (event_cutoff_ms, frontier_ms) {
             (Some(c), Some(f)) => Some(c.min(f)),
             (c, _) => c,
@@ -158,36 +159,79 @@ impl Retention {
             .chain(b.new_pending.iter().map(|(_, d)| d.as_str()))
             .min()
             .map(str::to_string);
-        let mut due = Vec::new();
+        // (listed end time, id) of each dispatch taken; the groups taken whole; the group
+        // taken in part, with the ids it keeps.
+        let mut due: Vec<(u64, String)> = Vec::new();
+        let mut emptied: Vec<(u64, String)> = Vec::new();
+        let mut kept: Option<((u64, String), Vec<String>)> = None;
         let mut done = true;
-        {
-            for entry in b.dispatches_finished.iter().map_err(storage)? {
-                let (k, _) = entry.map_err(storage)?;
-                let (finished_ms, id) = k.value();
-                let aged = cutoff_ms.is_some_and(|c| finished_ms < c);
-                if !aged && self.guard_quota == 0 {
-                    break;
-                }
-                if due.len() == DISPATCHES_PER_GROUP_MAX {
-                    done = false;
-                    break;
-                }
-                if least_waiting.as_deref().is_some_and(|least| id >= least) {
-                    // Fold in this group; the next one carries on.
-                    b.fold_now = true;
-                    done = false;
-                    break;
-                }
-                if !aged {
-                    self.guard_quota -= 1;
-                }
-                due.push((finished_ms, id.to_string()));
+        for entry in b.finished_groups.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (listed_ms, first) = k.value();
+            let aged = cutoff_ms.is_some_and(|c| listed_ms < c);
+            if !aged && self.guard_quota == 0 {
+                break;
             }
+            let ids = std::str::from_utf8(v.value())
+                .map_err(|_| StoreError::Corrupt("finished group: not UTF-8".into()))?;
+            let room = DISPATCHES_PER_GROUP_MAX - due.len();
+            let (taken, left) =
+                self.take_ids(ids, aged, least_waiting.as_deref(), room, &mut b.fold_now);
+            due.extend(taken.iter().map(|id| (listed_ms, id.to_string())));
+            if !left.is_empty() {
+                if !taken.is_empty() {
+                    let left = left.iter().map(|id| id.to_string()).collect();
+                    kept = Some(((listed_ms, first.to_string()), left));
+                }
+                done = false;
+                break;
+            }
+            emptied.push((listed_ms, first.to_string()));
         }
-        for (finished_ms, id) in &due {
-            delete_dispatch(b, *finished_ms, id)?;
+        for (listed_ms, first) in &emptied {
+            b.finished_groups.remove((*listed_ms, first.as_str())).map_err(storage)?;
         }
-        Ok((due.len() as u64, done))
+        if let Some(((listed_ms, first), left)) = kept {
+            // Taken in part: the rest stays listed under its own first id.
+            b.finished_groups.remove((listed_ms, first.as_str())).map_err(storage)?;
+            super::batch::put_finished_group(&mut b.finished_groups, listed_ms, &left)?;
+        }
+        let mut deleted = 0;
+        for (listed_ms, id) in &due {
+            deleted += u64::from(delete_dispatch(b, *listed_ms, id)?);
+        }
+        Ok((deleted, done))
+    }
+
+    /// Splits one listed group's ids into those that may go now and the rest, which start at
+    /// the first that may not: the chunk is full (`room`), the id is not folded yet (then
+    /// `fold_now` is set), or the guard's quota is spent for a group not aged.
+    fn take_ids<'a>(
+        &mut self,
+        ids: &'a str,
+        aged: bool,
+        least_waiting: Option<&str>,
+        room: usize,
+        fold_now: &mut bool,
+    ) -> (Vec<&'a str>, Vec<&'a str>) {
+        let all: Vec<&str> = ids.split('\n').collect();
+        let mut taken = 0;
+        for id in &all {
+            let waiting = least_waiting.is_some_and(|least| *id >= least);
+            if waiting {
+                // Fold in this group; the next one carries on.
+                *fold_now = true;
+            }
+            if taken == room || waiting || (!aged && self.guard_quota == 0) {
+                break;
+            }
+            if !aged {
+                self.guard_quota -= 1;
+            }
+            taken += 1;
+        }
+        let (now, rest) = all.split_at(taken);
+        (now.to_vec(), rest.to_vec())
     }
 
     /// Deletes events older than `cutoff_ms` none of whose dispatches is left, resuming where
@@ -258,29 +302,33 @@ fn answer_event_id(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<IdOnly>(bytes).ok().map(|a| a.id)
 }
 
-/// Deletes one finished dispatch: request, state, its list entries and its finished key. When
-/// it is its webhook's latest, its end is kept in the webhook's stats.
-fn delete_dispatch(b: &mut Batch<'_, '_>, finished_ms: u64, id: &str) -> Result<(), StoreError> {
-    b.dispatches_finished.remove((finished_ms, id)).map_err(storage)?;
+/// Deletes one finished dispatch listed as ended by `listed_ms`: request, state and its list
+/// entries. When it is its webhook's latest, its end is kept in the webhook's stats. A
+/// dispatch that is ACTIVE again, or ended later than its listing (it is listed again), or
+/// gone already, stays as it is: `false`.
+fn delete_dispatch(b: &mut Batch<'_, '_>, listed_ms: u64, id: &str) -> Result<bool, StoreError> {
+    let state = match b.dispatch_states.get(id).map_err(storage)? {
+        Some(v) => records::decode_dispatch_state(v.value())?,
+        None => return Ok(false),
+    };
+    let relisted = state.finished_ms.is_some_and(|f| f > listed_ms);
+    if state.status == DispatchStatus::Active || relisted {
+        return Ok(false);
+    }
+    b.dispatch_states.remove(id).map_err(storage)?;
     let user = match b.dispatches.remove(id).map_err(storage)? {
         Some(v) => Some(records::dispatch_user(v.value())?),
-        None => None,
-    };
-    let state = match b.dispatch_states.remove(id).map_err(storage)? {
-        Some(v) => Some(records::decode_dispatch_state(v.value())?),
         None => None,
     };
     if let Some(user) = user {
         b.dispatches_by_user.remove((user.as_str(), id)).map_err(storage)?;
     }
-    if let Some(s) = state {
-        b.dispatches_by_webhook.remove((s.webhook_id.as_str(), id)).map_err(storage)?;
-        if let Some((stats, changed)) = b.stats(&s.webhook_id)?
-            && stats.last_id.as_deref() == Some(id)
-        {
-            stats.last_ended = Some((s.status, s.finished_ms));
-            *changed = true;
-        }
+    b.dispatches_by_webhook.remove((state.webhook_id.as_str(), id)).map_err(storage)?;
+    if let Some((stats, changed)) = b.stats(&state.webhook_id)?
+        && stats.last_id.as_deref() == Some(id)
+    {
+        stats.last_ended = Some((state.status, state.finished_ms));
+        *changed = true;
     }
-    Ok(())
+    Ok(true)
 }

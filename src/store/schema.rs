@@ -7,7 +7,7 @@ use crate::model::ConditionKind;
 
 /// Bumped on any incompatible change; a file with a newer version is refused, an older one is
 /// migrated in place at open (`migrate.rs`).
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// 1 when the writer's last commit was the one it makes on a clean stop; 0 while running.
 pub const META_CLEAN_CLOSE: &str = "clean_close";
@@ -71,11 +71,17 @@ pub const WEBHOOK_PENDING: TableDefinition<u64, (&str, &str)> =
 /// still being ended, a chunk per group commit, so one delete never holds the writer for long.
 /// (Added after schema 4 was released; created at open when missing.)
 pub const WEBHOOK_SWEEPS: TableDefinition<&str, u64> = TableDefinition::new("webhook_sweeps");
-/// (finished_ms, dispatch id) -> (): every SUCCEEDED or FAILED dispatch, by the time it ended,
-/// so retention finds the oldest without a scan. Inserted in the transaction that ends it,
-/// removed with it. (Schema 5.)
+/// Schema 5 only: (finished_ms, dispatch id) -> (), one key per ended dispatch. Schema 6
+/// lists them in `FINISHED_GROUPS` instead; the migration reads this and drops it.
 pub const DISPATCHES_FINISHED: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("dispatches_finished");
+/// (the latest end time among them, the first id) -> the ids, sorted and `\n`-separated, of the
+/// SUCCEEDED or FAILED dispatches one group commit ended: retention finds the oldest ended
+/// without a scan, and listing them costs one insert per group commit, not one per dispatch.
+/// An id may be listed again after it ended again (it was made ACTIVE in between); retention
+/// skips a listing older than the dispatch's end. (Schema 6.)
+pub const FINISHED_GROUPS: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("finished_groups");
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 

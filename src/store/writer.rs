@@ -224,6 +224,7 @@ fn commit_batch(
                 );
             }
             b.flush_stats()?;
+            b.flush_finished()?;
             outbox_grew = b.outbox_grew;
             counts = (b.events_stored, b.new_pending.len() as u64, b.ended);
             index_changes = std::mem::take(&mut b.index_changes);

@@ -131,3 +131,30 @@ fn the_size_guard_deletes_the_oldest_finished_records_whatever_their_age() {
     assert!(len <= 3 * bytes_max, "store file {len} bytes with a bound of {bytes_max}");
     assert_eq!(d.dispatch(ALICE_TOKEN, &last)["status"], "SUCCEEDED");
 }
+
+/// A group commit that ended more dispatches than retention deletes in one group (a webhook's
+/// delete ends up to 1,024 at once) is deleted over several groups: none is left behind.
+#[test]
+fn a_large_group_of_ended_dispatches_is_deleted_in_chunks_to_the_last() {
+    let failing = Receiver::start(0, |_, _| Reply::Status(500));
+    let d = TestDaemon::start(
+        "[delivery]\nallow_private_targets = true\nretry_delays_ms = [600000]\n[retention]\nfinished_max_age_ms = 500\n",
+    );
+    let webhook = d.create_webhook(ALICE_TOKEN, &webhook_body("a", &failing.url("/a")));
+    for batch in 0..2 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| run_event("ACTOR.RUN.SUCCEEDED", "a", None, &format!("run-{batch}-{i}")))
+            .collect();
+        d.post_events(ALICE_TOKEN, &Value::Array(events));
+    }
+    let total = |d: &TestDaemon| {
+        d.req("GET", "/v2/webhook-dispatches?limit=1", Some(ALICE_TOKEN), None).json()["data"]
+            ["total"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(total(&d), 2000);
+    let r = d.req("DELETE", &format!("/v2/webhooks/{webhook}"), Some(ALICE_TOKEN), None);
+    assert_eq!(r.status, 204);
+    wait_until(WAIT, "every ended dispatch to be deleted", || (total(&d) == 0).then_some(()));
+}

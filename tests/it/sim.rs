@@ -517,6 +517,15 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
     sim.webhooks_changed = true;
     sim.check().await;
     let stored = sim.store().all_dispatches().await.expect("all dispatches").len();
+    // Nothing outlives the window: once every dispatch has ended and the window has passed,
+    // retention leaves none (a listing it lost, or an id it skipped, would stay forever).
+    let last_end_ms = sim.known.values().map(|k| k.ended_ms).max().unwrap_or(0);
+    sim.now_ms = sim.now_ms.max(last_end_ms) + RETENTION_MS + 1;
+    sim.retain().await;
+    let left = sim.store().all_dispatches().await.expect("all dispatches").len();
+    if left != 0 {
+        sim.fail(format!("{left} ended dispatches outlived the retention window"));
+    }
     if let Some(w) = sim.writer.take() {
         w.close().await;
     }
