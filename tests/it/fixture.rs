@@ -167,6 +167,12 @@ fn the_v5_store_opens_and_reads_back() {
     reads_back(5);
 }
 
+/// Today's hookd opens the v6 store and reads every record back as it was shown.
+#[test]
+fn the_v6_store_opens_and_reads_back() {
+    reads_back(6);
+}
+
 fn reads_back(version: u64) {
     let (store, shown_file) = fixture(version);
     // Kept whatever the fixture's age (the default retention would delete its ended ones).
@@ -211,6 +217,11 @@ fn retention_deletes_the_ended_dispatches_of_a_migrated_v4_store() {
 #[test]
 fn retention_deletes_the_ended_dispatches_of_a_migrated_v5_store() {
     retention_deletes_ended(5);
+}
+
+#[test]
+fn retention_deletes_the_ended_dispatches_of_a_migrated_v6_store() {
+    retention_deletes_ended(6);
 }
 
 fn retention_deletes_ended(version: u64) {
