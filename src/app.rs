@@ -74,6 +74,7 @@ pub async fn run_on(
         response_body_bytes_max: config.delivery.response_body_bytes_max,
         allow_private_targets: config.delivery.allow_private_targets,
         idle_connections_per_target_max: config.delivery.per_target_inflight_max,
+        sign: config.delivery.sign,
     })
     .context("setting up TLS for delivery")?;
 
@@ -129,6 +130,7 @@ pub async fn run_on(
         access_log: config.log.access_log,
         stopping,
         control_token: control_token(&config.data_dir, local)?,
+        signing_rotation_overlap_ms: config.delivery.signing_rotation_overlap_ms,
         backup_dir: config.data_dir.join(crate::ops::BACKUP_DIR),
     });
     let (webhooks, active) = store.counts().await.context("counting the stored records")?;

@@ -56,6 +56,10 @@ pub struct Delivery {
     /// Calls in flight at once for one user's dispatches, over all their targets, so that one
     /// user's slow or hanging targets leave the other users `inflight_max - this` slots.
     pub per_user_inflight_max: usize,
+    /// Sign every call with the webhook's key (Standard Webhooks `webhook-*` headers).
+    pub sign: bool,
+    /// After a key rotation, the previous key keeps signing beside the new one this long.
+    pub signing_rotation_overlap_ms: u64,
 }
 
 /// Every bound in the process.
@@ -183,6 +187,8 @@ impl Default for Config {
                 per_target_inflight_max: 16,
                 response_body_bytes_max: 2048,
                 per_user_inflight_max: 64,
+                sign: true,
+                signing_rotation_overlap_ms: 24 * 3600 * 1000,
             },
             limits: Limits {
                 connections_max: 1024,
@@ -257,6 +263,8 @@ struct RawDelivery {
     per_target_inflight_max: Option<u64>,
     response_body_bytes_max: Option<u64>,
     per_user_inflight_max: Option<u64>,
+    sign: Option<bool>,
+    signing_rotation_overlap_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -359,6 +367,10 @@ impl Config {
                 rd.per_user_inflight_max,
                 dd.per_user_inflight_max,
             )?,
+            sign: rd.sign.unwrap_or(dd.sign),
+            signing_rotation_overlap_ms: rd
+                .signing_rotation_overlap_ms
+                .unwrap_or(dd.signing_rotation_overlap_ms),
         };
         if delivery.retry_delays_ms.len() > RETRIES_MAX {
             return Err(err(
@@ -519,6 +531,8 @@ impl Config {
                 per_target_inflight_max: Some(self.delivery.per_target_inflight_max as u64),
                 response_body_bytes_max: Some(self.delivery.response_body_bytes_max as u64),
                 per_user_inflight_max: Some(self.delivery.per_user_inflight_max as u64),
+                sign: Some(self.delivery.sign),
+                signing_rotation_overlap_ms: Some(self.delivery.signing_rotation_overlap_ms),
             }),
             limits: Some(RawLimits {
                 connections_max: Some(l.connections_max as u64),

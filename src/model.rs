@@ -125,6 +125,37 @@ pub struct Webhook {
     pub description: Option<String>,
     pub should_interpolate_strings: bool,
     pub idempotency_key: Option<String>,
+    /// A disabled webhook matches no event; its history and ACTIVE dispatches stay.
+    pub is_enabled: bool,
+}
+
+/// A webhook's signing keys: the current one, and the one it replaced with the time until
+/// which that one still signs beside it. Its `Debug` shows no key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeys {
+    pub current: Vec<u8>,
+    pub previous: Option<(Vec<u8>, u64)>,
+}
+
+impl SigningKeys {
+    /// The keys that sign a call made at `now_ms`, the current one first.
+    pub fn signing_at(&self, now_ms: u64) -> impl Iterator<Item = &[u8]> {
+        let previous = self.previous.as_ref().filter(|(_, until_ms)| now_ms < *until_ms);
+        std::iter::once(self.current.as_slice()).chain(previous.map(|(k, _)| k.as_slice()))
+    }
+
+    /// The keys after a rotation at `now_ms` to `new_key`: the current one keeps signing
+    /// until `now_ms + overlap_ms`.
+    pub fn rotated(&self, new_key: Vec<u8>, now_ms: u64, overlap_ms: u64) -> SigningKeys {
+        let until_ms = now_ms.saturating_add(overlap_ms);
+        SigningKeys { current: new_key, previous: Some((self.current.clone(), until_ms)) }
+    }
+}
+
+impl fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKeys(..)")
+    }
 }
 
 /// Counters kept beside a webhook (`stats`, `lastDispatch`).
@@ -158,7 +189,7 @@ impl DispatchStatus {
 }
 
 /// The fields of a create request, already checked one by one; defaults applied.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WebhookDraft {
     pub is_ad_hoc: bool,
     pub event_types: Vec<EventType>,
@@ -171,6 +202,27 @@ pub struct WebhookDraft {
     pub description: Option<String>,
     pub should_interpolate_strings: bool,
     pub idempotency_key: Option<String>,
+    pub is_enabled: bool,
+}
+
+impl Default for WebhookDraft {
+    /// Apify's defaults: enabled, everything else off or empty.
+    fn default() -> WebhookDraft {
+        WebhookDraft {
+            is_ad_hoc: false,
+            event_types: Vec::new(),
+            condition: Condition::default(),
+            ignore_ssl_errors: false,
+            do_not_retry: false,
+            request_url: String::new(),
+            payload_template: None,
+            headers_template: None,
+            description: None,
+            should_interpolate_strings: false,
+            idempotency_key: None,
+            is_enabled: true,
+        }
+    }
 }
 
 /// One field of a partial update: absent keeps the value, `null` resets it to its default.
@@ -195,6 +247,7 @@ pub struct WebhookPatch {
     pub headers_template: Change<String>,
     pub description: Change<String>,
     pub should_interpolate_strings: Change<bool>,
+    pub is_enabled: Change<bool>,
 }
 
 /// A rule broken by a combination of fields; `field` is the API field name.
@@ -256,6 +309,7 @@ impl Webhook {
             description: draft.description,
             should_interpolate_strings: draft.should_interpolate_strings,
             idempotency_key: draft.idempotency_key,
+            is_enabled: draft.is_enabled,
         };
         check_whole(&w)?;
         Ok(w)
@@ -305,6 +359,7 @@ impl Webhook {
         apply_opt(&mut w.headers_template, &patch.headers_template);
         apply_opt(&mut w.description, &patch.description);
         apply(&mut w.should_interpolate_strings, &patch.should_interpolate_strings, false);
+        apply(&mut w.is_enabled, &patch.is_enabled, true);
         w.modified_ms = now_ms.max(self.modified_ms);
         check_whole(&w)?;
         Ok(w)

@@ -9,6 +9,7 @@ mod event_input;
 mod events;
 mod render;
 mod routes;
+mod signing;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub struct ApiState {
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The token of `hookd backup` (in `data_dir/control.token`), and where backups go.
     pub control_token: String,
+    /// `delivery.signing_rotation_overlap_ms`.
+    pub signing_rotation_overlap_ms: u64,
     pub backup_dir: std::path::PathBuf,
 }
 
@@ -285,6 +288,10 @@ async fn route(
         }
         (Route::Webhook(id), _) => webhooks::delete(state, user, id).await,
         (Route::WebhookTest(id), _) => dispatches::test(state, user, id).await,
+        (Route::WebhookSigningSecret(id), _) => signing::get(state, user, id).await,
+        (Route::WebhookSigningSecretRotate(id), _) => {
+            signing::rotate(state, user, id, &read_bytes(body).await?).await
+        }
         (Route::WebhookDispatches(id), _) => {
             dispatches::list(state, user, DispatchScope::Webhook(id), &query).await
         }

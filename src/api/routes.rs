@@ -17,6 +17,10 @@ pub enum Route {
     ScopedWebhooks(ConditionKind, String),
     WebhookTest(String),
     WebhookDispatches(String),
+    /// `/v2/webhooks/{id}/signing-secret` (hookd's): the key that signs its deliveries.
+    WebhookSigningSecret(String),
+    /// `/v2/webhooks/{id}/signing-secret/rotate` (hookd's).
+    WebhookSigningSecretRotate(String),
     Dispatches,
     Dispatch(String),
     Events,
@@ -56,6 +60,10 @@ impl Route {
             }
             ["webhooks", id, "test"] => Route::WebhookTest(id.to_string()),
             ["webhooks", id, "dispatches"] => Route::WebhookDispatches(id.to_string()),
+            ["webhooks", id, "signing-secret"] => Route::WebhookSigningSecret(id.to_string()),
+            ["webhooks", id, "signing-secret", "rotate"] => {
+                Route::WebhookSigningSecretRotate(id.to_string())
+            }
             ["webhook-dispatches"] => Route::Dispatches,
             ["webhook-dispatches", id] => Route::Dispatch(id.to_string()),
             ["webhook-events"] => Route::Events,
@@ -70,7 +78,11 @@ impl Route {
         match self {
             Route::Webhooks | Route::ScopedWebhooks(..) => &[Method::GET, Method::POST],
             Route::Webhook(_) => &[Method::GET, Method::PUT, Method::DELETE],
-            Route::WebhookTest(_) | Route::Events | Route::AdminBackup => &[Method::POST],
+            Route::WebhookTest(_)
+            | Route::Events
+            | Route::AdminBackup
+            | Route::WebhookSigningSecretRotate(_) => &[Method::POST],
+            Route::WebhookSigningSecret(_) => &[Method::GET],
             Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
             Route::Health | Route::Ready | Route::Metrics => &[Method::GET, Method::HEAD],
             Route::Job(..) => &[Method::GET, Method::PUT],
@@ -89,6 +101,10 @@ impl Route {
             Route::ScopedWebhooks(..) => "/v2/actors/{actorId}/webhooks",
             Route::WebhookTest(_) => "/v2/webhooks/{webhookId}/test",
             Route::WebhookDispatches(_) => "/v2/webhooks/{webhookId}/dispatches",
+            Route::WebhookSigningSecret(_) => "/v2/webhooks/{webhookId}/signing-secret",
+            Route::WebhookSigningSecretRotate(_) => {
+                "/v2/webhooks/{webhookId}/signing-secret/rotate"
+            }
             Route::Dispatches => "/v2/webhook-dispatches",
             Route::Dispatch(_) => "/v2/webhook-dispatches/{dispatchId}",
             Route::Events => "/v2/webhook-events",

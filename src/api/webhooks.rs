@@ -174,7 +174,7 @@ pub fn webhook_json(w: &Webhook, stats: &WebhookStats, full: bool) -> Value {
         o.insert("headersTemplate".into(), json!(w.headers_template));
     }
     o.insert("description".into(), json!(w.description));
-    o.insert("isEnabled".into(), json!(true));
+    o.insert("isEnabled".into(), json!(w.is_enabled));
     o.insert("actionType".into(), json!("HTTP_REQUEST"));
     o.insert("isApifyIntegration".into(), json!(false));
     o.insert("lastDispatch".into(), last_dispatch.unwrap_or(Value::Null));
@@ -437,6 +437,7 @@ fn parse_create(
             .transpose()?,
         should_interpolate_strings,
         idempotency_key,
+        is_enabled: opt_bool("isEnabled")?.unwrap_or(true),
     })
 }
 
@@ -465,6 +466,7 @@ fn parse_patch(body: &Map<String, Value>, limits: &Limits) -> Result<WebhookPatc
             "shouldInterpolateStrings",
             bool_of("shouldInterpolateStrings"),
         )?,
+        is_enabled: change(body, "isEnabled", bool_of("isEnabled"))?,
     })
 }
 

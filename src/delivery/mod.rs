@@ -9,6 +9,7 @@
 
 pub mod policy;
 pub mod sender;
+pub mod signing;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::model::Dispatch;
+use crate::model::{Dispatch, SigningKeys};
 use crate::store::{DueRequest, Store, StoreError};
 use sender::{Sender, Sent};
 
@@ -48,6 +49,8 @@ pub struct Scheduler {
 pub struct Pass {
     pub calls: Vec<(String, Dispatch)>,
     pub next_due_ms: Option<u64>,
+    /// The signing keys of the calls' webhooks, by webhook id.
+    pub signing: HashMap<String, Arc<SigningKeys>>,
 }
 
 impl Scheduler {
@@ -72,7 +75,7 @@ impl Scheduler {
     pub async fn take_due(&mut self, store: &Store, now_ms: u64) -> Result<Pass, StoreError> {
         let free = self.inflight_max.saturating_sub(self.in_flight.len());
         if free == 0 {
-            return Ok(Pass { calls: Vec::new(), next_due_ms: None });
+            return Ok(Pass { calls: Vec::new(), next_due_ms: None, signing: HashMap::new() });
         }
         let due = store
             .due_dispatches(DueRequest {
@@ -98,7 +101,7 @@ impl Scheduler {
             *per_target.entry(target.clone()).or_default() += 1;
             *per_user.entry(d.user_id.clone()).or_default() += 1;
         }
-        Ok(Pass { calls: due.dispatches, next_due_ms: due.next_due_ms })
+        Ok(Pass { calls: due.dispatches, next_due_ms: due.next_due_ms, signing: due.signing })
     }
 
     /// A call's HTTP exchange ended: its target may take another call, though its outcome is
@@ -229,7 +232,8 @@ impl Dispatcher {
                     }
                     for (target, d) in pass.calls {
                         let flight = (d.id.clone(), target.clone());
-                        let task = calls.spawn(self.call(d, target, freed_tx.clone()));
+                        let keys = pass.signing.get(&d.webhook_id).cloned();
+                        let task = calls.spawn(self.call(d, keys, target, freed_tx.clone()));
                         flights.insert(task.id(), flight);
                     }
                 }
@@ -282,6 +286,7 @@ impl Dispatcher {
     fn call(
         &self,
         d: Dispatch,
+        signing: Option<Arc<SigningKeys>>,
         target: String,
         freed: mpsc::Sender<(String, String)>,
     ) -> impl Future<Output = ()> + Send + 'static {
@@ -292,7 +297,7 @@ impl Dispatcher {
         let failure_log = self.failure_log.clone();
         async move {
             metrics.calls_in_flight.inc();
-            let sent = sender.send(&d, crate::sys::now_ms).await;
+            let sent = sender.send(&d, signing.as_deref(), crate::sys::now_ms).await;
             metrics.calls_in_flight.dec();
             let _ = freed.try_send((d.id.clone(), target.clone()));
             let (status, error) = (sent.call.response_status, sent.call.error_message.clone());

@@ -23,19 +23,23 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::policy::{Outcome, parse_retry_after};
-use crate::model::{Call, Dispatch};
+use super::signing;
+use crate::model::{Call, Dispatch, SigningKeys};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type HttpsClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
 /// Headers hookd sets on every call, overriding the headers template whatever its case.
-pub const RESERVED_HEADERS: [&str; 6] = [
+pub const RESERVED_HEADERS: [&str; 9] = [
     "host",
     "content-type",
     "x-apify-webhook",
     "x-apify-webhook-dispatch-id",
     "x-apify-request-origin",
     "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
 ];
 
 /// Settings of the sender, from `[delivery]`.
@@ -45,6 +49,8 @@ pub struct SenderConfig {
     pub response_body_bytes_max: usize,
     pub allow_private_targets: bool,
     pub idle_connections_per_target_max: usize,
+    /// Sign every call (Standard Webhooks headers).
+    pub sign: bool,
 }
 
 /// The result of one call.
@@ -94,11 +100,18 @@ impl Sender {
         })
     }
 
-    /// Makes one call for `d`; `now_ms` reads the clock (start and end of the call).
-    pub async fn send(&self, d: &Dispatch, now_ms: impl Fn() -> u64) -> Sent {
+    /// Makes one call for `d`, signed with `signing` when `delivery.sign` is on; `now_ms`
+    /// reads the clock (start and end of the call).
+    pub async fn send(
+        &self,
+        d: &Dispatch,
+        signing: Option<&SigningKeys>,
+        now_ms: impl Fn() -> u64,
+    ) -> Sent {
         let started_ms = now_ms();
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let result = tokio::time::timeout(timeout, self.exchange(d)).await;
+        let signing = signing.filter(|_| self.config.sign);
+        let result = tokio::time::timeout(timeout, self.exchange(d, signing, started_ms)).await;
         let finished_ms = now_ms();
         let (error_message, response_status, response_body, outcome) = match result {
             Err(_) => (
@@ -135,7 +148,12 @@ impl Sender {
         }
     }
 
-    async fn exchange(&self, d: &Dispatch) -> Result<(u16, Option<String>, Vec<u8>), BoxError> {
+    async fn exchange(
+        &self,
+        d: &Dispatch,
+        signing: Option<&SigningKeys>,
+        started_ms: u64,
+    ) -> Result<(u16, Option<String>, Vec<u8>), BoxError> {
         let uri: Uri = d.request_url.parse()?;
         let mut req = Request::post(uri);
         for (name, value) in &d.headers {
@@ -147,13 +165,23 @@ impl Sender {
                 req = req.header(name.as_str(), value.as_str());
             }
         }
-        let req = req
+        let mut req = req
             .header(header::CONTENT_TYPE, "application/json")
             .header("X-Apify-Webhook", d.webhook_id.as_str())
             .header("X-Apify-Webhook-Dispatch-Id", d.id.as_str())
             .header("X-Apify-Request-Origin", "WEBHOOK")
-            .header(header::USER_AGENT, self.user_agent.as_str())
-            .body(Full::new(Bytes::from(d.body.clone())))?;
+            .header(header::USER_AGENT, self.user_agent.as_str());
+        if let Some(keys) = signing {
+            // The dispatch id is the message id: stable across retries, so receivers dedupe.
+            let timestamp_s = started_ms / 1000;
+            let signature =
+                signing::signature_header(keys, started_ms, &d.id, timestamp_s, d.body.as_bytes());
+            req = req
+                .header("webhook-id", d.id.as_str())
+                .header("webhook-timestamp", timestamp_s.to_string())
+                .header("webhook-signature", signature);
+        }
+        let req = req.body(Full::new(Bytes::from(d.body.clone())))?;
         let client = if d.ignore_ssl_errors { &self.insecure } else { &self.strict };
         let resp = client.request(req).await?;
         let status = resp.status().as_u16();

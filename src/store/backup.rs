@@ -41,6 +41,7 @@ pub(super) fn write_backup(rtx: &ReadTransaction, path: &Path) -> Result<u64, St
     entries += copy(rtx, &db, OUTBOX)?;
     entries += copy(rtx, &db, WEBHOOK_PENDING)?;
     entries += copy(rtx, &db, WEBHOOK_SWEEPS)?;
+    entries += copy(rtx, &db, WEBHOOK_SECRETS)?;
     entries += copy(rtx, &db, FINISHED_GROUPS)?;
     entries += copy(rtx, &db, JOBS)?;
     // The copy was closed cleanly by definition; the last commit is durable.
@@ -98,10 +99,19 @@ pub(super) fn verify(db: &Database) -> Result<CheckReport, StoreError> {
     let rtx = db.begin_read().map_err(storage)?;
     let mut r = CheckReport::default();
     let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
+    let secrets = rtx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
     for row in webhooks.iter().map_err(storage)? {
         let (k, v) = row.map_err(storage)?;
         if let Err(e) = records::decode_webhook(v.value()) {
             r.problems.push(format!("webhook {}: {e}", k.value()));
+        }
+        match secrets.get(k.value()).map_err(storage)? {
+            Some(s) => {
+                if let Err(e) = records::decode_signing_keys(s.value()) {
+                    r.problems.push(format!("webhook {}: {e}", k.value()));
+                }
+            }
+            None => r.problems.push(format!("webhook {} has no signing keys", k.value())),
         }
         r.webhooks += 1;
     }

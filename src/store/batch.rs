@@ -33,12 +33,15 @@ pub(super) struct Batch<'t, 'p> {
     pub(super) dispatches_by_webhook: Table<'t, (&'static str, &'static str), ()>,
     pub(super) outbox: Table<'t, (&'static str, u64, &'static str), ()>,
     pub(super) jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
+    pub(super) webhook_secrets: Table<'t, &'static str, &'static [u8]>,
     pub(super) webhook_pending: Table<'t, u64, (&'static str, &'static str)>,
     pub(super) webhook_sweeps: Table<'t, &'static str, u64>,
     pub(super) finished_groups: Table<'t, (u64, &'static str), &'static [u8]>,
     /// Dispatches this group ended, with their end times: one `finished_groups` entry at the
     /// end of the group.
     pub(super) finished: Vec<(u64, String)>,
+    /// Webhooks disabled in this group (the match index drops them once it commits).
+    pub(super) disabled: Vec<String>,
     /// Fold in this group whatever the count (a delete needs its waiting dispatches listed).
     pub(super) fold_now: bool,
     /// Webhooks deleted in this group whose sweep goes on in later groups.
@@ -85,6 +88,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             finished_groups: tx.open_table(FINISHED_GROUPS).map_err(storage)?,
             finished: Vec::new(),
             fold_now: false,
+            disabled: Vec::new(),
             new_sweeps: Vec::new(),
             tail,
             new_pending: Vec::new(),
@@ -105,6 +109,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             dispatches_by_webhook: tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?,
             outbox: tx.open_table(OUTBOX).map_err(storage)?,
             jobs: tx.open_table(JOBS).map_err(storage)?,
+            webhook_secrets: tx.open_table(WEBHOOK_SECRETS).map_err(storage)?,
             stats: HashMap::new(),
             outbox_grew: false,
             events_stored: 0,
@@ -143,6 +148,14 @@ impl<'t, 'p> Batch<'t, 'p> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the stored webhook `id` is disabled (`false` if there is none).
+    pub(super) fn is_disabled(&self, id: &str) -> Result<bool, StoreError> {
+        match self.webhooks.get(id).map_err(storage)? {
+            Some(bytes) => Ok(!records::decode_webhook(bytes.value())?.is_enabled),
+            None => Ok(false),
+        }
     }
 
     pub(super) fn load(&mut self, id: &str) -> Result<Option<(Webhook, WebhookStats)>, StoreError> {

@@ -20,6 +20,7 @@ pub(super) fn migrate(tx: &WriteTransaction, from: u64) -> Result<(), StoreError
         match version {
             4 => v4_to_v5(tx)?,
             5 => v5_to_v6(tx)?,
+            6 => v6_to_v7(tx)?,
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "no migration from schema version {other}"
@@ -94,5 +95,21 @@ fn v5_to_v6(tx: &WriteTransaction) -> Result<(), StoreError> {
         super::batch::put_finished_group(&mut groups, latest_ms, &ids)?;
     }
     tx.delete_table(DISPATCHES_FINISHED).map_err(storage)?;
+    Ok(())
+}
+
+/// Schema 7 signs deliveries: every webhook gets a signing key (`webhook_secrets`).
+fn v6_to_v7(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let webhooks = tx.open_table(WEBHOOKS).map_err(storage)?;
+    let mut secrets = tx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
+    for entry in webhooks.iter().map_err(storage)? {
+        let (k, _) = entry.map_err(storage)?;
+        let id = k.value();
+        if secrets.get(id).map_err(storage)?.is_none() {
+            let keys =
+                crate::model::SigningKeys { current: super::new_signing_key()?, previous: None };
+            secrets.insert(id, records::encode_signing_keys(&keys)?.as_slice()).map_err(storage)?;
+        }
+    }
     Ok(())
 }

@@ -42,8 +42,8 @@ pub use writer::WriterHandle;
 use std::collections::{HashMap, HashSet};
 
 use crate::model::{
-    Call, ConditionKind, Decision, Dispatch, EventData, EventType, JobKind, Webhook, WebhookPatch,
-    WebhookStats,
+    Call, ConditionKind, Decision, Dispatch, EventData, EventType, JobKind, SigningKeys, Webhook,
+    WebhookPatch, WebhookStats,
 };
 
 pub use redb::StorageBackend;
@@ -229,6 +229,9 @@ pub struct DueRequest {
 pub struct Due {
     pub dispatches: Vec<(String, Dispatch)>,
     pub next_due_ms: Option<u64>,
+    /// The signing keys of the dispatches' webhooks, by webhook id (a webhook deleted
+    /// meanwhile has none).
+    pub signing: HashMap<String, Arc<SigningKeys>>,
 }
 
 /// Set once by the writer when a storage error stops it; the app waits on it to exit non-zero.
@@ -498,7 +501,56 @@ impl Store {
         webhook: Webhook,
         webhooks_max: usize,
     ) -> Result<Created, StoreError> {
-        self.write(|reply| WriteOp::CreateWebhook { webhook, webhooks_max, reply }).await
+        let signing_key = new_signing_key()?;
+        self.write(|reply| WriteOp::CreateWebhook { webhook, signing_key, webhooks_max, reply })
+            .await
+    }
+
+    /// The webhook's signing keys, if the user has that webhook.
+    pub async fn signing_keys(
+        &self,
+        user_id: String,
+        id: String,
+    ) -> Result<Option<SigningKeys>, StoreError> {
+        self.read(move |rtx| {
+            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
+            let owned = match webhooks.get(id.as_str()).map_err(storage)? {
+                Some(bytes) => records::decode_webhook(bytes.value())?.user_id == user_id,
+                None => false,
+            };
+            if !owned {
+                return Ok(None);
+            }
+            let secrets = rtx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
+            let got = secrets.get(id.as_str()).map_err(storage)?;
+            got.map(|v| records::decode_signing_keys(v.value())).transpose()
+        })
+        .await
+    }
+
+    /// Makes `key` (or a new random one) the webhook's current signing key; the one before
+    /// keeps signing beside it until `now_ms + overlap_ms`. `NotFound` unless the user has it.
+    pub async fn rotate_signing_key(
+        &self,
+        user_id: String,
+        id: String,
+        key: Option<Vec<u8>>,
+        now_ms: u64,
+        overlap_ms: u64,
+    ) -> Result<SigningKeys, StoreError> {
+        let key = match key {
+            Some(k) => k,
+            None => new_signing_key()?,
+        };
+        self.write(|reply| WriteOp::RotateSigningKey {
+            user_id,
+            id,
+            key,
+            now_ms,
+            overlap_ms,
+            reply,
+        })
+        .await
     }
 
     pub async fn update_webhook(
@@ -635,6 +687,7 @@ impl Store {
             let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
             let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
             let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
+            let secrets = rtx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
             // Deleted webhooks whose ACTIVE dispatches the writer is still ending: not called.
             let sweeps = if sweeping {
                 Some(rtx.open_table(WEBHOOK_SWEEPS).map_err(storage)?)
@@ -703,6 +756,12 @@ impl Store {
                             break;
                         }
                         *taken_per_user.entry(d.user_id.clone()).or_default() += 1;
+                        if !due.signing.contains_key(&d.webhook_id)
+                            && let Some(v) = secrets.get(d.webhook_id.as_str()).map_err(storage)?
+                        {
+                            let keys = records::decode_signing_keys(v.value())?;
+                            due.signing.insert(d.webhook_id.clone(), Arc::new(keys));
+                        }
                         due.dispatches.push((target.clone(), d));
                         free -= 1;
                     }
@@ -1122,6 +1181,14 @@ fn load_sweeps(db: &Database) -> Result<Vec<(String, u64)>, StoreError> {
 }
 
 /// Every webhook that can still fire, for the match index.
+/// A new signing key from the OS random source.
+pub(super) fn new_signing_key() -> Result<Vec<u8>, StoreError> {
+    let mut key = vec![0u8; crate::delivery::signing::KEY_BYTES];
+    crate::sys::random_bytes(&mut key)
+        .map_err(|e| StoreError::Storage(format!("random source: {e}")))?;
+    Ok(key)
+}
+
 fn load_index(db: &Database) -> Result<MatchIndex, StoreError> {
     let rtx = db.begin_read().map_err(storage)?;
     let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
@@ -1130,7 +1197,7 @@ fn load_index(db: &Database) -> Result<MatchIndex, StoreError> {
     for entry in webhooks.iter().map_err(storage)? {
         let (_, v) = entry.map_err(storage)?;
         let w = records::decode_webhook(v.value())?;
-        if w.is_ad_hoc && fired.get(w.id.as_str()).map_err(storage)?.is_some() {
+        if !w.is_enabled || (w.is_ad_hoc && fired.get(w.id.as_str()).map_err(storage)?.is_some()) {
             continue;
         }
         changes.push(index::IndexChange::Add(Arc::new(w)));
@@ -1159,6 +1226,7 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;
     tx.open_table(WEBHOOK_PENDING).map_err(storage)?;
     tx.open_table(FINISHED_GROUPS).map_err(storage)?;
+    tx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, Webhook};
+use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, SigningKeys, Webhook};
 
 const V1: u8 = 1;
 
@@ -44,6 +44,13 @@ struct WebhookV1 {
     description: Option<String>,
     should_interpolate_strings: bool,
     idempotency_key: Option<String>,
+    /// Absent in records written before webhooks could be disabled.
+    #[serde(default = "enabled")]
+    is_enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,6 +81,7 @@ pub fn encode_webhook(w: &Webhook) -> Result<Vec<u8>, StoreError> {
         description: w.description.clone(),
         should_interpolate_strings: w.should_interpolate_strings,
         idempotency_key: w.idempotency_key.clone(),
+        is_enabled: w.is_enabled,
     };
     encode_v1(&rec)
 }
@@ -108,6 +116,7 @@ pub fn decode_webhook(bytes: &[u8]) -> Result<Webhook, StoreError> {
         description: r.description,
         should_interpolate_strings: r.should_interpolate_strings,
         idempotency_key: r.idempotency_key,
+        is_enabled: r.is_enabled,
     })
 }
 
@@ -128,6 +137,38 @@ pub struct StatsState {
     /// The end of the latest dispatch, copied here only when retention deleted that dispatch
     /// (its state is then gone): status and finish time.
     pub last_ended: Option<(DispatchStatus, Option<u64>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SigningKeysV1 {
+    /// Base64 of the key bytes.
+    current: String,
+    previous: Option<String>,
+    previous_until_ms: Option<u64>,
+}
+
+pub fn encode_signing_keys(k: &SigningKeys) -> Result<Vec<u8>, StoreError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    encode_v1(&SigningKeysV1 {
+        current: b64.encode(&k.current),
+        previous: k.previous.as_ref().map(|(key, _)| b64.encode(key)),
+        previous_until_ms: k.previous.as_ref().map(|(_, until_ms)| *until_ms),
+    })
+}
+
+pub fn decode_signing_keys(bytes: &[u8]) -> Result<SigningKeys, StoreError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let r: SigningKeysV1 = decode_v1("signing keys", bytes)?;
+    let key = |text: &str| {
+        b64.decode(text).map_err(|_| StoreError::Corrupt("signing keys: not base64".into()))
+    };
+    let previous = match (r.previous, r.previous_until_ms) {
+        (Some(k), Some(until_ms)) => Some((key(&k)?, until_ms)),
+        _ => None,
+    };
+    Ok(SigningKeys { current: key(&r.current)?, previous })
 }
 
 pub fn encode_stats(s: &StatsState) -> Result<Vec<u8>, StoreError> {

@@ -7,7 +7,7 @@ use crate::model::ConditionKind;
 
 /// Bumped on any incompatible change; a file with a newer version is refused, an older one is
 /// migrated in place at open (`migrate.rs`).
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// 1 when the writer's last commit was the one it makes on a clean stop; 0 while running.
 pub const META_CLEAN_CLOSE: &str = "clean_close";
@@ -82,6 +82,10 @@ pub const DISPATCHES_FINISHED: TableDefinition<(u64, &str), ()> =
 /// skips a listing older than the dispatch's end. (Schema 6.)
 pub const FINISHED_GROUPS: TableDefinition<(u64, &str), &[u8]> =
     TableDefinition::new("finished_groups");
+/// webhook id -> versioned signing keys record: the key that signs its deliveries, and the one
+/// it replaced while that still signs beside it. Every webhook has one from create to delete.
+/// (Schema 7.)
+pub const WEBHOOK_SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_secrets");
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 

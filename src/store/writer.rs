@@ -22,7 +22,7 @@ use super::schema::*;
 use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError, records};
 use crate::metrics::{Metrics, RecordLabels, StatusLabels};
 use crate::model::{
-    Call, Decision, DispatchStatus, EventType, Webhook, WebhookPatch, WebhookStats,
+    Call, Decision, DispatchStatus, EventType, SigningKeys, Webhook, WebhookPatch, WebhookStats,
 };
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -30,8 +30,20 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(crate) enum WriteOp {
     CreateWebhook {
         webhook: Webhook,
+        /// Its signing key (unused when an earlier create with the same key answers).
+        signing_key: Vec<u8>,
         webhooks_max: usize,
         reply: Reply<Created>,
+    },
+    /// Makes `key` the webhook's current signing key; the one before signs beside it until
+    /// `now_ms + overlap_ms`.
+    RotateSigningKey {
+        user_id: String,
+        id: String,
+        key: Vec<u8>,
+        now_ms: u64,
+        overlap_ms: u64,
+        reply: Reply<SigningKeys>,
     },
     UpdateWebhook {
         user_id: String,
@@ -350,6 +362,7 @@ fn reject(op: WriteOp) -> Option<Answer> {
         WriteOp::Tick { reply: None } => return None,
         WriteOp::Tick { reply: Some(reply) } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::CreateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+        WriteOp::RotateSigningKey { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::UpdateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::DeleteWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::Ingest { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
@@ -377,8 +390,11 @@ fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreErr
             let marked = b.meta.insert(META_CLEAN_CLOSE, 1).map(|_| ()).map_err(storage);
             (None, marked.err())
         }
-        WriteOp::CreateWebhook { webhook, webhooks_max, reply } => {
-            settle(reply, create(b, webhook, webhooks_max))
+        WriteOp::CreateWebhook { webhook, signing_key, webhooks_max, reply } => {
+            settle(reply, create(b, webhook, signing_key, webhooks_max))
+        }
+        WriteOp::RotateSigningKey { user_id, id, key, now_ms, overlap_ms, reply } => {
+            settle(reply, rotate_signing_key(b, &user_id, &id, key, now_ms, overlap_ms))
         }
         WriteOp::UpdateWebhook { user_id, id, patch, now_ms, reply } => {
             settle(reply, update(b, &user_id, &id, &patch, now_ms))
@@ -396,7 +412,12 @@ fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreErr
 /// Outer `Err`: storage failure (aborts the batch). Inner: this op's own answer.
 type OpResult<T> = Result<Result<T, StoreError>, StoreError>;
 
-fn create(b: &mut Batch<'_, '_>, w: Webhook, webhooks_max: usize) -> OpResult<Created> {
+fn create(
+    b: &mut Batch<'_, '_>,
+    w: Webhook,
+    signing_key: Vec<u8>,
+    webhooks_max: usize,
+) -> OpResult<Created> {
     if let Some(key) = &w.idempotency_key {
         let existing = b
             .webhook_idem
@@ -424,11 +445,15 @@ fn create(b: &mut Batch<'_, '_>, w: Webhook, webhooks_max: usize) -> OpResult<Cr
     let bytes = records::encode_webhook(&w)?;
     debug_assert!(records::decode_webhook(&bytes).is_ok_and(|d| d == w));
     b.webhooks.insert(w.id.as_str(), bytes.as_slice()).map_err(storage)?;
+    let keys = records::encode_signing_keys(&SigningKeys { current: signing_key, previous: None })?;
+    b.webhook_secrets.insert(w.id.as_str(), keys.as_slice()).map_err(storage)?;
     b.webhooks_by_user
         .insert((w.user_id.as_str(), w.created_ms, w.id.as_str()), ())
         .map_err(storage)?;
     b.index_condition(&w, true)?;
-    b.index_changes.push(IndexChange::Add(Arc::new(w.clone())));
+    if w.is_enabled {
+        b.index_changes.push(IndexChange::Add(Arc::new(w.clone())));
+    }
     b.stats.insert(w.id.clone(), Some((StatsState::default(), true)));
     Ok(Ok(Created { webhook: w, stats: WebhookStats::default(), replayed: false }))
 }
@@ -455,8 +480,11 @@ fn update(
     let bytes = records::encode_webhook(&new)?;
     b.webhooks.insert(id, bytes.as_slice()).map_err(storage)?;
     b.index_changes.push(remove_from_index(&old));
-    // A fired ad-hoc webhook stays out of the index: it never fires again.
-    if !(new.is_ad_hoc && b.webhook_fired.get(id).map_err(storage)?.is_some()) {
+    // A fired ad-hoc webhook stays out of the index: it never fires again; nor does a
+    // disabled one until it is enabled again.
+    if !new.is_enabled {
+        b.disabled.push(id.to_string());
+    } else if !(new.is_ad_hoc && b.webhook_fired.get(id).map_err(storage)?.is_some()) {
         b.index_changes.push(IndexChange::Add(Arc::new(new.clone())));
     }
     Ok(Ok((new, stats)))
@@ -468,6 +496,7 @@ fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64) -> OpResu
         return Ok(Err(StoreError::NotFound));
     }
     b.webhooks.remove(id).map_err(storage)?;
+    b.webhook_secrets.remove(id).map_err(storage)?;
     *b.user_webhooks_delta.entry(user_id.to_string()).or_default() -= 1;
     b.webhook_stats.remove(id).map_err(storage)?;
     b.stats.insert(id.to_string(), None);
@@ -500,6 +529,30 @@ fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64) -> OpResu
         b.webhook_idem.remove((user_id, key.as_str())).map_err(storage)?;
     }
     Ok(Ok(()))
+}
+
+fn rotate_signing_key(
+    b: &mut Batch<'_, '_>,
+    user_id: &str,
+    id: &str,
+    key: Vec<u8>,
+    now_ms: u64,
+    overlap_ms: u64,
+) -> OpResult<SigningKeys> {
+    let owned = match b.webhooks.get(id).map_err(storage)? {
+        Some(bytes) => records::decode_webhook(bytes.value())?.user_id == user_id,
+        None => false,
+    };
+    if !owned {
+        return Ok(Err(StoreError::NotFound));
+    }
+    let Some(old) = b.webhook_secrets.get(id).map_err(storage)?.map(|v| v.value().to_vec()) else {
+        return Err(StoreError::Corrupt(format!("webhook {id} has no signing keys")));
+    };
+    let keys = records::decode_signing_keys(&old)?.rotated(key, now_ms, overlap_ms);
+    let bytes = records::encode_signing_keys(&keys)?;
+    b.webhook_secrets.insert(id, bytes.as_slice()).map_err(storage)?;
+    Ok(Ok(keys))
 }
 
 fn remove_from_index(w: &Webhook) -> IndexChange {
@@ -559,6 +612,13 @@ fn ingest(
             // existing webhook has (a fired ad-hoc one is not listed; an update may have moved it).
             let listed = b.index.has(&d.user_id, &d.condition, &d.webhook_id);
             if b.deleted.contains(&d.webhook_id) || (!listed && b.stats(&d.webhook_id)?.is_none()) {
+                continue;
+            }
+            // Disabled since it was matched (the test route calls a disabled one too).
+            if d.event_type != EventType::Test
+                && (b.disabled.contains(&d.webhook_id)
+                    || (!listed && b.is_disabled(&d.webhook_id)?))
+            {
                 continue;
             }
             if d.is_ad_hoc && d.event_type != EventType::Test {

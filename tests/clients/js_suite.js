@@ -57,6 +57,13 @@ async function main() {
 
     const u = await alice.webhook(w.id).update({ description: 'changed' });
     ok(u.description === 'changed' && u.requestUrl === w.requestUrl, 'update');
+    ok(u.isEnabled === true, 'isEnabled defaults to true');
+    const off = await alice.webhook(w.id).update({ isEnabled: false });
+    ok(off.isEnabled === false && (await alice.webhook(w.id).get()).isEnabled === false,
+        'isEnabled false round-trips');
+    const on = await alice.webhook(w.id).update({ isEnabled: true });
+    ok(on.isEnabled === true && (await alice.webhook(w.id).get()).isEnabled === true,
+        'isEnabled true again');
 
     let threw = false;
     try {

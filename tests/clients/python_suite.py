@@ -91,6 +91,18 @@ check(u.headers_template == '{"X-Key": "v"}', "update() keeps absent fields")
 check(u.modified_at >= w.modified_at and u.created_at == w.created_at, "modifiedAt moves")
 check(alice.webhook(w.id).get().model_dump() == u.model_dump(), "get() after update()")
 
+# isEnabled: the client's update() has no argument for it, so it goes through the client's own
+# request path; its webhook model keeps it as an extra field (it allows extra fields).
+def enabled(webhook):
+    return webhook.model_extra["isEnabled"]
+
+
+check(enabled(u) is True, "isEnabled defaults to true")
+alice.webhook(w.id)._update(timeout="short", isEnabled=False)
+check(enabled(alice.webhook(w.id).get()) is False, "isEnabled false round-trips")
+alice.webhook(w.id)._update(timeout="short", isEnabled=True)
+check(enabled(alice.webhook(w.id).get()) is True, "isEnabled true again")
+
 # bad template: the client's error with type invalid-input
 try:
     hooks.create(event_types=["ACTOR.RUN.SUCCEEDED"], actor_id="act1",

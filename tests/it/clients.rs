@@ -1,6 +1,7 @@
 //! The official Apify clients against the real daemon: the Python `apify-client` 3.4.0 (in a
 //! virtualenv under target/) and the JS `apify-client` 2.25.0 (npm, under target/), both
-//! installed here from the pinned lists in tests/clients/ on first use.
+//! installed here from the pinned lists in tests/clients/ on first use (the same lists pin the
+//! Standard Webhooks verifiers and the metrics parser).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,7 +13,10 @@ use std::path::Path;
 use hookd::delivery::policy::Outcome;
 use hookd::delivery::sender::Sent;
 use hookd::delivery::{Scheduler, finish};
-use hookd::model::{Call, Condition, Dispatch, DispatchStatus, EventType, Webhook, WebhookDraft};
+use hookd::model::{
+    Call, Change, Condition, Dispatch, DispatchStatus, EventType, Webhook, WebhookDraft,
+    WebhookPatch,
+};
 use hookd::store::{DispatchScope, NewEvent, PageRequest, Store, StoreLimits, WriterHandle};
 
 const DELAYS: [u64; 3] = [100, 200, 400];
@@ -78,6 +81,8 @@ struct Sim {
     /// Calls in `pending` whose HTTP exchange has ended (their slots are free).
     freed: HashSet<String>,
     webhooks: Vec<Webhook>,
+    /// Webhooks disabled now: the writer must drop the dispatches made for them.
+    disabled: HashSet<String>,
     known: HashMap<String, Known>,
     pending: Vec<(String, Dispatch)>,
     now_ms: u64,
@@ -142,22 +147,21 @@ impl Sim {
                 dispatches,
             });
         }
+        // Those for a disabled webhook are matched a moment before it was disabled: dropped.
         let planned: Vec<(String, String, bool)> = batch
             .iter()
             .flat_map(|e| {
                 e.dispatches.iter().map(|d| (d.id.clone(), d.webhook_id.clone(), d.do_not_retry))
             })
+            .filter(|(_, w, _)| !self.disabled.contains(w))
             .collect();
         match self.store().ingest(batch, None).await {
             Ok(answers) => {
                 let created: Vec<&String> =
                     answers.iter().flat_map(|a| a.dispatch_ids.iter()).collect();
-                if created.len() != planned.len() {
-                    self.fail(format!(
-                        "ingest created {} of {} dispatches",
-                        created.len(),
-                        planned.len()
-                    ));
+                let want: Vec<&String> = planned.iter().map(|(id, _, _)| id).collect();
+                if created != want {
+                    self.fail(format!("ingest created {created:?}, not {want:?}"));
                 }
                 for (id, webhook_id, do_not_retry) in planned {
                     let due_ms = self.now_ms;
@@ -325,6 +329,24 @@ impl Sim {
         self.retained_before_ms = self.retained_before_ms.max(self.now_ms - RETENTION_MS);
     }
 
+    /// Disables an enabled webhook or enables a disabled one.
+    async fn toggle(&mut self) {
+        let w = self.webhooks[self.rng.below(self.webhooks.len() as u64) as usize].clone();
+        let enable = self.disabled.contains(&w.id);
+        let patch = WebhookPatch { is_enabled: Change::Set(enable), ..WebhookPatch::default() };
+        match self.store().update_webhook(w.user_id.clone(), w.id.clone(), patch, self.now_ms).await
+        {
+            Ok((updated, _)) if updated.is_enabled == enable => {}
+            Ok((updated, _)) => self.fail(format!("{} is_enabled {}", w.id, updated.is_enabled)),
+            Err(e) => self.fail(format!("update_webhook: {e}")),
+        }
+        if enable {
+            self.disabled.remove(&w.id);
+        } else {
+            self.disabled.insert(w.id);
+        }
+    }
+
     async fn check(&self) {
         let keys = match self.store().outbox_keys().await {
             Ok(k) => k,
@@ -480,13 +502,15 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         next_id: 0,
         webhooks_changed: false,
         retained_before_ms: 0,
+        disabled: HashSet::new(),
     };
     let steps = 20 + sim.rng.below(40);
     for _ in 0..steps {
         match sim.rng.below(100) {
             0..25 => sim.ingest().await,
             25..40 => sim.now_ms += sim.rng.below(3000),
-            40..45 => sim.retain().await,
+            40..43 => sim.retain().await,
+            43..45 => sim.toggle().await,
             45..65 => sim.pass().await,
             65..90 => sim.complete_one(false).await,
             90..95 => sim.exchange_one(),

@@ -309,6 +309,10 @@ impl Resp {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     /// `error.type` of an error body.
     pub fn error_type(&self) -> String {
         self.json()["error"]["type"].as_str().unwrap_or("").to_string()
