@@ -494,6 +494,8 @@ pub struct Dispatch {
     /// When the next call is due; `None` once the dispatch has ended.
     pub next_due_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// Calls made before the latest redelivery: the retry schedule counts the calls after.
+    pub calls_before_redelivery: usize,
 }
 
 impl Dispatch {

@@ -14,7 +14,7 @@ use super::routes::Query;
 use super::webhooks::{condition_json, not_found};
 use super::{ApiState, LIST_LIMIT_MAX};
 use crate::config::User;
-use crate::model::{Dispatch, EventType, format_timestamp_ms};
+use crate::model::{Dispatch, DispatchStatus, EventType, format_timestamp_ms};
 use crate::store::{DispatchScope, NewEvent};
 use crate::template::RawJson;
 
@@ -55,7 +55,19 @@ pub fn dispatch_json(d: &Dispatch) -> Value {
             "isAdHoc": d.is_ad_hoc,
         },
         "calls": calls,
+        // hookd's: when the next call is due (null once ended).
+        "nextCallAt": d.next_due_ms.filter(|_| d.status == DispatchStatus::Active).map(format_timestamp_ms),
     })
+}
+
+/// The dispatch object with hookd's `request`: the stored body text and headers, as every call
+/// sends them (the headers hookd adds per call, `X-Apify-*` and the signature, are not stored).
+fn dispatch_with_request_json(d: &Dispatch) -> Value {
+    let mut v = dispatch_json(d);
+    let headers: serde_json::Map<String, Value> =
+        d.headers.iter().map(|(k, val)| (k.clone(), json!(val))).collect();
+    v["request"] = json!({"body": d.body, "headers": headers});
+    v
 }
 
 fn dispatch_not_found() -> ApiError {
@@ -116,6 +128,22 @@ pub async fn list(
 }
 
 pub async fn get(state: &ApiState, user: &User, id: String) -> Result<Resp, ApiError> {
+    match state.store.get_dispatch(user.id.clone(), id).await? {
+        Some(d) => {
+            Ok(json_response(StatusCode::OK, &json!({"data": dispatch_with_request_json(&d)})))
+        }
+        None => Err(dispatch_not_found()),
+    }
+}
+
+/// `POST /v2/webhook-dispatches/{id}/redeliver` (hookd's): an ended dispatch is delivered
+/// again, the same bytes, due now with its retry schedule restarted; 409 while ACTIVE.
+pub async fn redeliver(state: &ApiState, user: &User, id: String) -> Result<Resp, ApiError> {
+    let now_ms = crate::sys::now_ms();
+    state.store.redeliver(user.id.clone(), id.clone(), now_ms).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => dispatch_not_found(),
+        other => other.into(),
+    })?;
     match state.store.get_dispatch(user.id.clone(), id).await? {
         Some(d) => Ok(json_response(StatusCode::OK, &json!({"data": dispatch_json(&d)}))),
         None => Err(dispatch_not_found()),

@@ -51,6 +51,7 @@ impl From<StoreError> for ApiError {
                 "concurrent-modification",
                 "The record was changed by another request; retry".into(),
             ),
+            StoreError::Refused(m) => ApiError::Conflict("invalid-state", m),
             StoreError::TooManyWebhooks(max) => ApiError::Limit {
                 status: StatusCode::BAD_REQUEST,
                 kind: "too-many-webhooks",

@@ -297,6 +297,7 @@ async fn route(
         }
         (Route::Dispatches, _) => dispatches::list(state, user, DispatchScope::User, &query).await,
         (Route::Dispatch(id), _) => dispatches::get(state, user, id).await,
+        (Route::DispatchRedeliver(id), _) => dispatches::redeliver(state, user, id).await,
         (Route::Events, _) => {
             let bytes = read_bytes(body).await?;
             events::ingest(state, user, bytes, state.request_bytes.charge()).await

@@ -219,6 +219,7 @@ impl Renderer {
             calls: Vec::new(),
             next_due_ms: Some(now_ms),
             finished_ms: None,
+            calls_before_redelivery: 0,
         };
         match rendered {
             Ok((body, headers)) => {

@@ -23,6 +23,8 @@ pub enum Route {
     WebhookSigningSecretRotate(String),
     Dispatches,
     Dispatch(String),
+    /// `/v2/webhook-dispatches/{id}/redeliver` (hookd's).
+    DispatchRedeliver(String),
     Events,
     /// `/v2/actor-runs/{id}`, `/v2/actor-builds/{id}`.
     Job(JobKind, String),
@@ -66,6 +68,7 @@ impl Route {
             }
             ["webhook-dispatches"] => Route::Dispatches,
             ["webhook-dispatches", id] => Route::Dispatch(id.to_string()),
+            ["webhook-dispatches", id, "redeliver"] => Route::DispatchRedeliver(id.to_string()),
             ["webhook-events"] => Route::Events,
             ["actor-runs", id] => Route::Job(JobKind::Run, id.to_string()),
             ["actor-builds", id] => Route::Job(JobKind::Build, id.to_string()),
@@ -81,7 +84,8 @@ impl Route {
             Route::WebhookTest(_)
             | Route::Events
             | Route::AdminBackup
-            | Route::WebhookSigningSecretRotate(_) => &[Method::POST],
+            | Route::WebhookSigningSecretRotate(_)
+            | Route::DispatchRedeliver(_) => &[Method::POST],
             Route::WebhookSigningSecret(_) => &[Method::GET],
             Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
             Route::Health | Route::Ready | Route::Metrics => &[Method::GET, Method::HEAD],
@@ -107,6 +111,7 @@ impl Route {
             }
             Route::Dispatches => "/v2/webhook-dispatches",
             Route::Dispatch(_) => "/v2/webhook-dispatches/{dispatchId}",
+            Route::DispatchRedeliver(_) => "/v2/webhook-dispatches/{dispatchId}/redeliver",
             Route::Events => "/v2/webhook-events",
             Route::Job(JobKind::Run, _) => "/v2/actor-runs/{runId}",
             Route::Job(JobKind::Build, _) => "/v2/actor-builds/{buildId}",

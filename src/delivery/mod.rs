@@ -150,7 +150,7 @@ pub async fn finish(
 ) -> Result<policy::Decision, StoreError> {
     let decision = policy::decide(
         sent.outcome,
-        d.calls.len() + 1,
+        d.calls.len().saturating_sub(d.calls_before_redelivery) + 1,
         d.do_not_retry,
         retry_delays_ms,
         sent.call.finished_ms,

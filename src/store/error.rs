@@ -13,6 +13,10 @@ pub enum StoreError {
     /// The record changed since it was read (a job's status moved); read again and retry.
     #[error("the record changed meanwhile")]
     Conflict,
+    /// The record's state does not allow the change (redelivering an ACTIVE dispatch); the
+    /// message says why.
+    #[error("{0}")]
+    Refused(String),
     /// The user already has this many webhooks (the limit).
     #[error("the user has reached the limit of {0} webhooks")]
     TooManyWebhooks(usize),

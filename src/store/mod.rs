@@ -506,6 +506,18 @@ impl Store {
             .await
     }
 
+    /// Makes the user's ended dispatch ACTIVE again, due at `now_ms`, with its retry schedule
+    /// restarted. `NotFound` unless the user has it; `Refused` while it is ACTIVE or once its
+    /// webhook is deleted.
+    pub async fn redeliver(
+        &self,
+        user_id: String,
+        dispatch_id: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|reply| WriteOp::Redeliver { user_id, dispatch_id, now_ms, reply }).await
+    }
+
     /// The webhook's signing keys, if the user has that webhook.
     pub async fn signing_keys(
         &self,

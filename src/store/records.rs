@@ -232,6 +232,13 @@ struct DispatchStateV1 {
     calls: Vec<CallV1>,
     next_due_ms: Option<u64>,
     finished_ms: Option<u64>,
+    /// Calls made before the latest redelivery (absent: never redelivered).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    calls_before_redelivery: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -252,6 +259,8 @@ pub struct DispatchState {
     pub calls: Vec<Call>,
     pub next_due_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// Calls made before the latest redelivery: the retry schedule counts from there.
+    pub calls_before_redelivery: usize,
 }
 
 pub fn encode_dispatch_request(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
@@ -286,6 +295,7 @@ pub fn state_of(d: &Dispatch) -> DispatchState {
         calls: d.calls.clone(),
         next_due_ms: d.next_due_ms,
         finished_ms: d.finished_ms,
+        calls_before_redelivery: d.calls_before_redelivery,
     }
 }
 
@@ -307,6 +317,7 @@ pub fn encode_dispatch_state(s: &DispatchState) -> Result<Vec<u8>, StoreError> {
             .collect(),
         next_due_ms: s.next_due_ms,
         finished_ms: s.finished_ms,
+        calls_before_redelivery: s.calls_before_redelivery,
     };
     encode_v1(&rec)
 }
@@ -330,6 +341,7 @@ pub fn decode_dispatch_state(bytes: &[u8]) -> Result<DispatchState, StoreError> 
             .collect(),
         next_due_ms: r.next_due_ms,
         finished_ms: r.finished_ms,
+        calls_before_redelivery: r.calls_before_redelivery,
     })
 }
 
@@ -365,6 +377,7 @@ pub fn decode_dispatch(request: &[u8], state: &[u8]) -> Result<Dispatch, StoreEr
         calls: s.calls,
         next_due_ms: s.next_due_ms,
         finished_ms: s.finished_ms,
+        calls_before_redelivery: s.calls_before_redelivery,
     })
 }
 

@@ -69,6 +69,13 @@ pub(crate) enum WriteOp {
         decision: Decision,
         reply: Reply<()>,
     },
+    /// Makes an ended dispatch ACTIVE again, due at `now_ms`, its retry schedule restarted.
+    Redeliver {
+        user_id: String,
+        dispatch_id: String,
+        now_ms: u64,
+        reply: Reply<()>,
+    },
     /// Wakes the writer for retention (the ticker's time is in `RetentionSignal`); the reply,
     /// if asked for, says whether retention has more to do after this group.
     Tick {
@@ -363,6 +370,7 @@ fn reject(op: WriteOp) -> Option<Answer> {
         WriteOp::Tick { reply: Some(reply) } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::CreateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::RotateSigningKey { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+        WriteOp::Redeliver { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::UpdateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::DeleteWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::Ingest { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
@@ -392,6 +400,9 @@ fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreErr
         }
         WriteOp::CreateWebhook { webhook, signing_key, webhooks_max, reply } => {
             settle(reply, create(b, webhook, signing_key, webhooks_max))
+        }
+        WriteOp::Redeliver { user_id, dispatch_id, now_ms, reply } => {
+            settle(reply, redeliver(b, &user_id, &dispatch_id, now_ms))
         }
         WriteOp::RotateSigningKey { user_id, id, key, now_ms, overlap_ms, reply } => {
             settle(reply, rotate_signing_key(b, &user_id, &id, key, now_ms, overlap_ms))
@@ -528,6 +539,37 @@ fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64) -> OpResu
         // The key is free again: Apify dedupes only against the user's existing webhooks.
         b.webhook_idem.remove((user_id, key.as_str())).map_err(storage)?;
     }
+    Ok(Ok(()))
+}
+
+/// An ended dispatch of the user's becomes ACTIVE again, due now, with its calls kept and its
+/// retry schedule counted from here. Its listing for retention stays (retention skips a
+/// dispatch that is ACTIVE, or ended after it was listed); it is listed again when it ends.
+fn redeliver(b: &mut Batch<'_, '_>, user_id: &str, dispatch_id: &str, now_ms: u64) -> OpResult<()> {
+    let owner = match b.dispatches.get(dispatch_id).map_err(storage)? {
+        Some(v) => Some(records::dispatch_user(v.value())?),
+        None => None,
+    };
+    if owner.as_deref() != Some(user_id) {
+        return Ok(Err(StoreError::NotFound));
+    }
+    let Some(mut s) = b.load_state(dispatch_id)? else { return Ok(Err(StoreError::NotFound)) };
+    if s.status == DispatchStatus::Active {
+        return Ok(Err(StoreError::Refused(
+            "The dispatch is ACTIVE: it is being delivered.".into(),
+        )));
+    }
+    if b.deleted.contains(&s.webhook_id) || b.stats(&s.webhook_id)?.is_none() {
+        return Ok(Err(StoreError::Refused(
+            "The dispatch's webhook was deleted: it is not delivered again.".into(),
+        )));
+    }
+    s.status = DispatchStatus::Active;
+    s.finished_ms = None;
+    s.next_due_ms = Some(now_ms);
+    s.calls_before_redelivery = s.calls.len();
+    b.enqueue(dispatch_id, &s.target.clone(), now_ms)?;
+    b.save_state(dispatch_id, &s)?;
     Ok(Ok(()))
 }
 

@@ -191,6 +191,11 @@ fn reads_back(version: u64) {
             // An ACTIVE dispatch is due again on this start, so it may have more calls now
             // (the targets are on loopback, refused here): the stored ones are a prefix.
             let mut g = g.clone();
+            // Fields a later hookd added (`nextCallAt`, `request`) are not in the old answer;
+            // every field that was must read back the same.
+            if let (Some(got), Some(want)) = (g.as_object_mut(), w.as_object()) {
+                got.retain(|k, _| want.contains_key(k));
+            }
             let calls = w["calls"].as_array().unwrap().len();
             if w["status"] == "ACTIVE" {
                 g["calls"] = Value::Array(g["calls"].as_array().unwrap()[..calls].to_vec());

@@ -14,6 +14,7 @@ mod limits;
 mod metrics;
 mod operate;
 mod readme;
+mod redeliver;
 mod retention;
 mod security;
 mod signing;

@@ -52,6 +52,8 @@ struct Known {
     /// When it ended (its last call's finish).
     ended_ms: u64,
     calls: usize,
+    /// Calls made before its latest redelivery (the schedule counts from there).
+    calls_before_redelivery: usize,
     due_ms: u64,
     do_not_retry: bool,
 }
@@ -134,6 +136,7 @@ impl Sim {
                     calls: Vec::new(),
                     next_due_ms: Some(self.now_ms),
                     finished_ms: None,
+                    calls_before_redelivery: 0,
                 });
             }
             let id = self.id("e");
@@ -170,6 +173,7 @@ impl Sim {
                         ended: None,
                         ended_ms: 0,
                         calls: 0,
+                        calls_before_redelivery: 0,
                         due_ms,
                         do_not_retry,
                     };
@@ -329,6 +333,37 @@ impl Sim {
         self.retained_before_ms = self.retained_before_ms.max(self.now_ms - RETENTION_MS);
     }
 
+    /// Redelivers an ended dispatch (one retention deleted is not found: nothing changes).
+    async fn redeliver(&mut self) {
+        let mut ended: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(_, k)| k.ended.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        ended.sort();
+        let id = ended[self.rng.below(ended.len() as u64) as usize].clone();
+        let user = {
+            let w = &self.known[&id].webhook_id;
+            self.webhooks.iter().find(|x| &x.id == w).map(|x| x.user_id.clone()).expect("webhook")
+        };
+        match self.store().redeliver(user, id.clone(), self.now_ms).await {
+            Ok(()) => {
+                let now = self.now_ms;
+                let k = self.known.get_mut(&id).expect("known");
+                k.ended = None;
+                k.due_ms = now;
+                k.calls_before_redelivery = k.calls;
+            }
+            Err(hookd::store::StoreError::NotFound)
+                if self.known[&id].ended_ms < self.retained_before_ms => {}
+            Err(e) => self.fail(format!("redeliver {id}: {e}")),
+        }
+    }
+
     /// Disables an enabled webhook or enables a disabled one.
     async fn toggle(&mut self) {
         let w = self.webhooks[self.rng.below(self.webhooks.len() as u64) as usize].clone();
@@ -373,7 +408,7 @@ impl Sim {
                 self.fail(format!("{id}: {} calls stored, {} recorded", d.calls.len(), k.calls));
             }
             let calls_max = if k.do_not_retry { 1 } else { DELAYS.len() + 1 };
-            if d.calls.len() > calls_max {
+            if d.calls.len() - k.calls_before_redelivery > calls_max {
                 self.fail(format!(
                     "{id}: {} calls, the schedule allows {calls_max}",
                     d.calls.len()
@@ -510,7 +545,8 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
             0..25 => sim.ingest().await,
             25..40 => sim.now_ms += sim.rng.below(3000),
             40..43 => sim.retain().await,
-            43..45 => sim.toggle().await,
+            43..44 => sim.toggle().await,
+            44..45 => sim.redeliver().await,
             45..65 => sim.pass().await,
             65..90 => sim.complete_one(false).await,
             90..95 => sim.exchange_one(),
