@@ -495,7 +495,11 @@ fn update(
     // disabled one until it is enabled again.
     if !new.is_enabled {
         b.disabled.push(id.to_string());
-    } else if !(new.is_ad_hoc && b.webhook_fired.get(id).map_err(storage)?.is_some()) {
+        return Ok(Ok((new, stats)));
+    }
+    // Enabled again within this group: events after this op match it.
+    b.disabled.retain(|d| d != id);
+    if !(new.is_ad_hoc && b.webhook_fired.get(id).map_err(storage)?.is_some()) {
         b.index_changes.push(IndexChange::Add(Arc::new(new.clone())));
     }
     Ok(Ok((new, stats)))

@@ -3,7 +3,9 @@
 //! acknowledged event is checked: each of its dispatches was delivered at least once, or is
 //! FAILED with all its calls recorded; nothing arrived that was neither acknowledged nor in
 //! flight at a kill; duplicate deliveries are counted and bounded by the calls a kill can
-//! orphan. On failure it prints the seed.
+//! orphan. Retention runs with a short window, so ended dispatches are deleted between and
+//! across the kills: a deleted one must have been delivered, or failed every call, as the
+//! receiver saw it. On failure it prints the seed.
 //!
 //! `TORTURE_CYCLES` (default 5), `TORTURE_EVENTS` per cycle (default 300), `TORTURE_SEED`
 //! (default 1), `TORTURE_FAIL_PERCENT` (default 20).
@@ -33,6 +35,8 @@ fn mix(mut z: u64) -> u64 {
 const RETRY_DELAYS: &str = "[20, 40, 80, 160, 320, 640]";
 const CALLS_MAX: usize = 7;
 const INFLIGHT_MAX: usize = 64;
+/// Ended dispatches older than this are deleted while the torture runs.
+const RETENTION_MS: u64 = 100;
 
 #[derive(Default)]
 struct Ledger {
@@ -69,7 +73,7 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
     });
     // Folds of the per-webhook data every 64 dispatches, so that kills land around them.
     let mut d = TestDaemon::start(&format!(
-        "[delivery]\nallow_private_targets = true\nretry_delays_ms = {RETRY_DELAYS}\ninflight_max = {INFLIGHT_MAX}\nper_target_inflight_max = {INFLIGHT_MAX}\n[limits]\nwebhook_pending_max = 64\n"
+        "[delivery]\nallow_private_targets = true\nretry_delays_ms = {RETRY_DELAYS}\ninflight_max = {INFLIGHT_MAX}\nper_target_inflight_max = {INFLIGHT_MAX}\n[limits]\nwebhook_pending_max = 64\n[retention]\nfinished_max_age_ms = {RETENTION_MS}\n"
     ));
     let hook = d.create_webhook(ALICE_TOKEN, &webhook_body("A", &rx.url("/")));
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
@@ -157,35 +161,8 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
     let acked_ids: HashSet<&String> = ledger.acked.values().flatten().collect();
     assert_eq!(acked_ids.len(), acked_events, "one webhook: one dispatch per event");
 
-    // Drain: every acknowledged dispatch ends.
-    let mut ended: HashMap<String, Value> = HashMap::new();
-    wait_until(Duration::from_secs(300), "every acknowledged dispatch to end", || {
-        ended.clear();
-        for i in d.all_dispatches(ALICE_TOKEN) {
-            if i["status"] != "ACTIVE" {
-                ended.insert(i["id"].as_str().unwrap().to_string(), i);
-            }
-        }
-        acked_ids.iter().all(|id| ended.contains_key(*id)).then_some(())
-    });
-
-    // The webhook's stats and list count every stored dispatch once, across the kills.
-    let stored = d.req("GET", "/v2/webhook-dispatches?limit=1", Some(ALICE_TOKEN), None).json()
-        ["data"]["total"]
-        .clone();
-    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
-        .clone();
-    assert_eq!(w["stats"]["totalDispatches"], stored, "{w}");
-    let listed = d
-        .req("GET", &format!("/v2/webhooks/{hook}/dispatches?limit=1"), Some(ALICE_TOKEN), None)
-        .json()["data"]["total"]
-        .clone();
-    assert_eq!(listed, stored);
-
-    // What the receiver saw: per dispatch id, the answers; per marker, that it was sent.
-    let received = rx.received();
-    let statuses = {
-        // Replay the receiver's seeded script to know what each request was answered.
+    // What the receiver saw: per dispatch id, the answers (replaying the seeded script).
+    let answers = |received: &[crate::support::receiver::Received]| {
         let mut by_id: HashMap<String, Vec<bool>> = HashMap::new();
         for (n, r) in received.iter().enumerate() {
             let ok = mix(seed ^ mix(n as u64)) % 100 >= fail_percent;
@@ -196,11 +173,59 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
         }
         by_id
     };
+    // Ended as the receiver saw it: delivered once, or every call failed.
+    let seen_ended = |v: &Vec<bool>| v.iter().any(|ok| *ok) || v.len() >= CALLS_MAX;
+
+    // Drain: every stored dispatch ends; an acknowledged one not stored any more was deleted
+    // by retention, which the receiver must have seen end.
+    let mut ended: HashMap<String, Value> = HashMap::new();
+    let mut listed_ids: HashSet<String> = HashSet::new();
+    wait_until(Duration::from_secs(300), "every acknowledged dispatch to end", || {
+        ended.clear();
+        listed_ids.clear();
+        let mut active = 0;
+        for i in d.all_dispatches(ALICE_TOKEN) {
+            let id = i["id"].as_str().unwrap().to_string();
+            listed_ids.insert(id.clone());
+            if i["status"] == "ACTIVE" {
+                active += 1;
+            } else {
+                ended.insert(id, i);
+            }
+        }
+        let seen = answers(&rx.received());
+        let acked_done = acked_ids.iter().all(|id| {
+            ended.contains_key(*id)
+                || (!listed_ids.contains(*id) && seen.get(*id).is_some_and(seen_ended))
+        });
+        (active == 0 && acked_done).then_some(())
+    });
+
+    // The webhook's stats and lists count every dispatch once, across the kills and the
+    // deletes: the acknowledged ones, those committed while a kill cut off their answer (the
+    // receiver or the list shows them), nothing else.
+    let received = rx.received();
+    let statuses = answers(&received);
+    let every_id: HashSet<&String> =
+        acked_ids.iter().copied().chain(statuses.keys()).chain(listed_ids.iter()).collect();
+    let w = d.req("GET", &format!("/v2/webhooks/{hook}"), Some(ALICE_TOKEN), None).json()["data"]
+        .clone();
+    assert_eq!(w["stats"]["totalDispatches"], every_id.len(), "{w}");
+    let listed = d
+        .req("GET", &format!("/v2/webhooks/{hook}/dispatches?limit=1"), Some(ALICE_TOKEN), None)
+        .json()["data"]["total"]
+        .clone();
+    assert_eq!(listed, listed_ids.len());
+    let deleted = acked_ids.iter().filter(|id| !listed_ids.contains(**id)).count();
+
     let mut lost = Vec::new();
     let mut failed = 0;
     for id in &acked_ids {
-        let d = &ended[*id];
         let delivered = statuses.get(*id).is_some_and(|v| v.iter().any(|ok| *ok));
+        let Some(d) = ended.get(*id) else {
+            // Deleted by retention: the drain checked the receiver saw it end.
+            continue;
+        };
         match d["status"].as_str() {
             Some("SUCCEEDED") if delivered => {}
             Some("FAILED") if d["calls"].as_array().unwrap().len() == CALLS_MAX => failed += 1,
@@ -234,6 +259,7 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
     );
     println!(
         "crash torture seed {seed}: {cycles} kill cycles, {acked_events} events acknowledged, 0 lost, \
+         {deleted} deleted by retention, \
          {failed} FAILED after {CALLS_MAX} calls, {duplicates} duplicate deliveries, \
          {} deliveries of events in flight at a kill, {} calls in all",
         unacked_delivered.len(),
