@@ -40,6 +40,9 @@ pub fn dispatch_json(d: &Dispatch) -> Value {
             })
         })
         .collect();
+    // hookd's: when the next call is due (null once it ended).
+    let next_call_at =
+        d.next_due_ms.filter(|_| d.status == DispatchStatus::Active).map(format_timestamp_ms);
     json!({
         "id": d.id,
         "userId": d.user_id,
@@ -55,8 +58,7 @@ pub fn dispatch_json(d: &Dispatch) -> Value {
             "isAdHoc": d.is_ad_hoc,
         },
         "calls": calls,
-        // hookd's: when the next call is due (null once ended).
-        "nextCallAt": d.next_due_ms.filter(|_| d.status == DispatchStatus::Active).map(format_timestamp_ms),
+        "nextCallAt": next_call_at,
     })
 }
 
@@ -137,7 +139,8 @@ pub async fn get(state: &ApiState, user: &User, id: String) -> Result<Resp, ApiE
 }
 
 /// `POST /v2/webhook-dispatches/{id}/redeliver` (hookd's): an ended dispatch is delivered
-/// again, the same bytes, due now with its retry schedule restarted; 409 while ACTIVE.
+/// again, the same bytes, due now with its retry schedule restarted; 409 while it is ACTIVE or
+/// once its webhook is deleted.
 pub async fn redeliver(state: &ApiState, user: &User, id: String) -> Result<Resp, ApiError> {
     let now_ms = crate::sys::now_ms();
     state.store.redeliver(user.id.clone(), id.clone(), now_ms).await.map_err(|e| match e {
