@@ -195,6 +195,36 @@ impl Daemon {
         let _ = &self.config;
         ready
     }
+
+    /// SIGTERM, wait for the exit, and start again on the same data; returns the time from
+    /// spawn to the ready line.
+    fn stop_and_restart(&mut self) -> Duration {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = self.child.wait();
+        let (child, addr, ready) = spawn_daemon(self.dir.path());
+        self.child = child;
+        self.addr = addr;
+        ready
+    }
+
+    /// SIGKILL, copy the store file into a new data dir (as a restore of a copy of a crashed
+    /// file would), and start a daemon there; returns the time from spawn to the ready line.
+    fn kill9_and_start_on_a_copy(&mut self) -> Duration {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        std::fs::copy(self.dir.path().join("data/hookd.redb"), dir.path().join("data/hookd.redb"))
+            .expect("copy the store");
+        let data = self.dir.path().join("data").display().to_string();
+        let config = self.config.replace(&data, &dir.path().join("data").display().to_string());
+        std::fs::write(dir.path().join("hookd.toml"), &config).expect("config");
+        let (child, addr, ready) = spawn_daemon(dir.path());
+        self.child = child;
+        self.addr = addr;
+        self.dir = dir;
+        ready
+    }
 }
 
 impl Drop for Daemon {
@@ -603,14 +633,18 @@ async fn backlog(s: Sizes) -> Row {
     let drained = wait_delivered(&sink, pending, Duration::from_secs(900)).await;
     let drain_s = drained.map(|t| t.as_secs_f64());
     let mut row = finish_row("backlog", &d, &sink, pending, ingest, drained, String::new());
+    let clean_ready = d.stop_and_restart();
+    let copy_ready = d.kill9_and_start_on_a_copy();
     row.rss_mb = rss_pending_mb;
     row.p50_ms = f64::NAN;
     row.p99_ms = f64::NAN;
     row.max_ms = f64::NAN;
     row.note = format!(
-        "{pending} pending: RSS {rss_pending_mb:.1} MB; kill -9, start to ready {:.0} ms; drain {}",
+        "{pending} pending: RSS {rss_pending_mb:.1} MB; kill -9, start to ready {:.0} ms; drain {}; then SIGTERM, start to ready {:.0} ms; kill -9, start on a copy (verified) {:.0} ms",
         ready.as_secs_f64() * 1000.0,
-        drain_s.map_or("did not finish".into(), |s| format!("{:.0}/s", pending as f64 / s))
+        drain_s.map_or("did not finish".into(), |s| format!("{:.0}/s", pending as f64 / s)),
+        clean_ready.as_secs_f64() * 1000.0,
+        copy_ready.as_secs_f64() * 1000.0,
     );
     let _ = drain_start;
     row

@@ -6,6 +6,7 @@ mod backup;
 mod batch;
 mod error;
 mod index;
+mod lastrun;
 mod migrate;
 mod pending;
 mod records;
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use backup::CheckReport;
 pub use error::StoreError;
+use lastrun::LastRun;
 use retention::{Retention, RetentionSignal};
 
 use crate::metrics::Metrics;
@@ -311,18 +313,40 @@ impl Store {
     ) -> Result<(Store, WriterHandle), StoreError> {
         let mut builder = Database::builder();
         builder.set_cache_size(limits.cache_bytes);
+        let last_run = match &storage {
+            Storage::File => Some(LastRun::beside(path)),
+            Storage::Backend(_) => None,
+        };
+        let verify = last_run.as_ref().is_some_and(|l| left_unclean(path) && !l.crashed_in_place());
+        builder.set_check_integrity_on_open(verify);
         let announced = AtomicBool::new(false);
         builder.set_repair_callback(move |session| {
-            // Called only when the last shutdown was unclean (kill -9, crash, power loss).
+            // Called when the last shutdown was unclean (kill -9, crash, power loss) and the
+            // saved allocator state cannot be used, or when the file is verified.
             if !announced.swap(true, Ordering::SeqCst) {
-                tracing::warn!("the store was not closed cleanly; repairing it");
+                if verify {
+                    tracing::warn!(
+                        "the store file was not closed cleanly and is not the file hookd last ran on here (a copy, or a restore); verifying every page before using it"
+                    );
+                } else {
+                    tracing::warn!("the store was not closed cleanly; repairing it");
+                }
             }
             tracing::debug!(progress = session.progress(), "repair");
         });
         let (db, file) = match storage {
             Storage::File => {
                 create_private(path)?;
-                (builder.create(path).map_err(storage_error)?, Some(path.to_path_buf()))
+                let db = builder.create(path).map_err(|e| match verify {
+                    false => storage_error(e),
+                    true => StoreError::Corrupt(format!(
+                        "{e}; the file was not closed cleanly and is not the file hookd last ran on here: a copy made while hookd wrote to it can be torn like this, so restore a copy made by `hookd backup`"
+                    )),
+                })?;
+                if let Some(Err(e)) = last_run.as_ref().map(LastRun::mark_running) {
+                    tracing::warn!(error = %e, "cannot record the open beside the store file; the next start after a crash verifies the whole file");
+                }
+                (db, Some(path.to_path_buf()))
             }
             Storage::Backend(b) => {
                 (builder.create_with_backend(Boxed(b)).map_err(storage_error)?, None)
@@ -364,6 +388,7 @@ impl Store {
                 metrics: metrics.clone(),
             },
         )?;
+        let handle = handle.recording_close(last_run);
         let store = Store {
             db,
             writes: tx,
@@ -1153,6 +1178,16 @@ fn without_panics<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Sto
 
 /// Creates the store file empty and readable by its owner only (it holds header templates,
 /// which carry secrets), unless it exists; redb initialises an empty file.
+/// Whether the file at `path` exists and was not closed cleanly (or cannot be read as a store:
+/// then the verifying open reports why).
+fn left_unclean(path: &Path) -> bool {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return false;
+    }
+    // A read-only open refuses, without changing the file, exactly the files that need repair.
+    Database::builder().open_read_only(path).is_err()
+}
+
 fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::batch::Batch;
 use super::error::storage;
 use super::index::{IndexChange, MatchIndex};
+use super::lastrun::LastRun;
 use super::pending::Pending;
 use super::records::StatsState;
 use super::retention::Retention;
@@ -114,14 +115,24 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> 
 pub struct WriterHandle {
     thread: Option<JoinHandle<()>>,
     writes: mpsc::Sender<WriteOp>,
+    last_run: Option<LastRun>,
 }
 
 impl WriterHandle {
-    /// Asks the writer to commit what is queued and stop, and waits for it.
+    pub(super) fn recording_close(mut self, last_run: Option<LastRun>) -> WriterHandle {
+        self.last_run = last_run;
+        self
+    }
+
+    /// Asks the writer to commit what is queued and stop, and waits for it; then records
+    /// beside the file that hookd closed it.
     pub async fn close(mut self) {
         let _ = self.writes.send(WriteOp::Close).await;
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Some(Err(e)) = self.last_run.as_ref().map(LastRun::mark_closed) {
+            tracing::warn!(error = %e, "cannot record the close beside the store file");
         }
     }
 }
@@ -139,7 +150,7 @@ pub(crate) fn spawn(
         .name("hookd-writer".into())
         .spawn(move || run(&db, rx, batch_max.max(1), &fatal, &outbox_changed, &mut state))
         .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
-    Ok(WriterHandle { thread: Some(thread), writes })
+    Ok(WriterHandle { thread: Some(thread), writes, last_run: None })
 }
 
 fn run(
