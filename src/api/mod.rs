@@ -3,6 +3,7 @@
 
 mod body;
 mod budget;
+mod cors;
 mod dispatches;
 mod error;
 mod event_input;
@@ -198,10 +199,11 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<B
     let method = req.method().clone();
     let path = state.access_log.then(|| req.uri().path().to_string());
     let mut route_name = "unmatched";
-    let response = match route(state, req, &mut route_name).await {
+    let mut response = match route(state, req, &mut route_name).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    cors::allow_any_origin(&mut response);
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
     let code = match status {
@@ -238,7 +240,11 @@ async fn route(
         return Err(ApiError::NotFound("There is no API endpoint at this URL".into()));
     };
     *route_name = route.name();
-    if !route.allowed().contains(&parts.method) {
+    if parts.method == Method::OPTIONS {
+        return Ok(cors::preflight(&route, &parts.headers));
+    }
+    let method = cors::effective_method(&parts.method, &query)?;
+    if !route.allowed().contains(&method) {
         return Err(ApiError::MethodNotAllowed(route.allowed_text()));
     }
     // Probes answer without a token: a load balancer or systemd has none.
@@ -271,7 +277,7 @@ async fn route(
         }
         Ok((body::json_object(&bytes)?, tree_charge))
     };
-    match (route, &parts.method) {
+    match (route, &method) {
         (Route::Webhooks, &Method::GET) => {
             webhooks::list(state, user, WebhookScope::All, &query).await
         }

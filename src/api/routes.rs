@@ -122,8 +122,12 @@ impl Route {
         }
     }
 
+    /// As Apify lists them in a 405's message: `OPTIONS` (the preflight) first.
     pub fn allowed_text(&self) -> String {
-        self.allowed().iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+        std::iter::once("OPTIONS")
+            .chain(self.allowed().iter().map(Method::as_str))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

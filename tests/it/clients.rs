@@ -25,24 +25,29 @@ fn run(cmd: &mut Command, what: &str) {
 
 /// A virtualenv with the pinned Python client; reinstalled when requirements.txt changes.
 pub fn python_env() -> PathBuf {
+    python_env_from("pyenv", &clients_dir().join("requirements.txt"))
+}
+
+/// A virtualenv `target/<name>` with the packages pinned in `requirements`; reinstalled when
+/// that list changes.
+pub fn python_env_from(name: &str, requirements: &Path) -> PathBuf {
     // Tests run in parallel: one of them installs, the others wait for it.
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _installing = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    let venv = target_dir().join("pyenv");
-    let requirements = std::fs::read_to_string(clients_dir().join("requirements.txt")).unwrap();
+    let venv = target_dir().join(name);
+    let pinned = std::fs::read_to_string(requirements).unwrap();
     let marker = venv.join("installed-requirements.txt");
     let python = venv.join("bin/python");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(requirements.as_str())
-        || !python.exists()
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(pinned.as_str()) || !python.exists()
     {
         run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), "python3 -m venv");
         run(
             Command::new(&python)
                 .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-                .arg(clients_dir().join("requirements.txt")),
+                .arg(requirements),
             "pip install",
         );
-        std::fs::write(&marker, &requirements).unwrap();
+        std::fs::write(&marker, &pinned).unwrap();
     }
     python
 }

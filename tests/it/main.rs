@@ -3,7 +3,9 @@
 
 mod abuse;
 mod api;
+mod browser_access;
 mod clients;
+mod conformance;
 mod crash;
 mod delivery;
 mod enable;
