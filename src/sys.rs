@@ -42,12 +42,7 @@ const TIME_CHARS: usize = 8;
 /// order) and ends with 9 random characters (53 bits). Ids made later sort later, so tables
 /// keyed by them grow at one end. (Apify's ids are 17 random characters; the shape is the same.)
 pub fn new_time_id(ms: u64) -> std::io::Result<String> {
-    let mut out = vec![b'0'; TIME_CHARS];
-    let mut rest = ms;
-    for slot in out.iter_mut().rev() {
-        *slot = SORTED_ALPHABET[(rest % 62) as usize];
-        rest /= 62;
-    }
+    let mut out = time_id_prefix(ms).into_bytes();
     let mut buf = [0u8; 24];
     while out.len() < crate::model::ID_LEN {
         random_bytes(&mut buf)?;
@@ -59,6 +54,18 @@ pub fn new_time_id(ms: u64) -> std::io::Result<String> {
         }
     }
     String::from_utf8(out).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The 8 characters every id made at `ms` begins with: ids made at `ms` or later sort at or
+/// after it.
+pub fn time_id_prefix(ms: u64) -> String {
+    let mut out = [b'0'; TIME_CHARS];
+    let mut rest = ms;
+    for slot in out.iter_mut().rev() {
+        *slot = SORTED_ALPHABET[(rest % 62) as usize];
+        rest /= 62;
+    }
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// A uniform number in [0, 1) from the random source (retry jitter); 0 if it fails.

@@ -8,6 +8,7 @@ mod dispatches;
 mod error;
 mod event_input;
 mod events;
+mod redelivery;
 mod render;
 mod routes;
 mod signing;
@@ -304,6 +305,9 @@ async fn route(
         (Route::Dispatches, _) => dispatches::list(state, user, DispatchScope::User, &query).await,
         (Route::Dispatch(id), _) => dispatches::get(state, user, id).await,
         (Route::DispatchRedeliver(id), _) => dispatches::redeliver(state, user, id).await,
+        (Route::WebhookRedeliver(id), _) => {
+            redelivery::redeliver_all(state, user, id, &read_bytes(body).await?).await
+        }
         (Route::Events, _) => {
             let bytes = read_bytes(body).await?;
             events::ingest(state, user, bytes, state.request_bytes.charge()).await

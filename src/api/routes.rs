@@ -21,6 +21,8 @@ pub enum Route {
     WebhookSigningSecret(String),
     /// `/v2/webhooks/{id}/signing-secret/rotate` (hookd's).
     WebhookSigningSecretRotate(String),
+    /// `/v2/webhooks/{id}/redeliver` (hookd's): its ended dispatches again, in bulk.
+    WebhookRedeliver(String),
     Dispatches,
     Dispatch(String),
     /// `/v2/webhook-dispatches/{id}/redeliver` (hookd's).
@@ -62,6 +64,7 @@ impl Route {
             }
             ["webhooks", id, "test"] => Route::WebhookTest(id.to_string()),
             ["webhooks", id, "dispatches"] => Route::WebhookDispatches(id.to_string()),
+            ["webhooks", id, "redeliver"] => Route::WebhookRedeliver(id.to_string()),
             ["webhooks", id, "signing-secret"] => Route::WebhookSigningSecret(id.to_string()),
             ["webhooks", id, "signing-secret", "rotate"] => {
                 Route::WebhookSigningSecretRotate(id.to_string())
@@ -85,7 +88,8 @@ impl Route {
             | Route::Events
             | Route::AdminBackup
             | Route::WebhookSigningSecretRotate(_)
-            | Route::DispatchRedeliver(_) => &[Method::POST],
+            | Route::DispatchRedeliver(_)
+            | Route::WebhookRedeliver(_) => &[Method::POST],
             Route::WebhookSigningSecret(_) => &[Method::GET],
             Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
             Route::Health | Route::Ready | Route::Metrics => &[Method::GET, Method::HEAD],
@@ -106,6 +110,7 @@ impl Route {
             Route::WebhookTest(_) => "/v2/webhooks/{webhookId}/test",
             Route::WebhookDispatches(_) => "/v2/webhooks/{webhookId}/dispatches",
             Route::WebhookSigningSecret(_) => "/v2/webhooks/{webhookId}/signing-secret",
+            Route::WebhookRedeliver(_) => "/v2/webhooks/{webhookId}/redeliver",
             Route::WebhookSigningSecretRotate(_) => {
                 "/v2/webhooks/{webhookId}/signing-secret/rotate"
             }

@@ -44,6 +44,7 @@ pub(super) fn write_backup(rtx: &ReadTransaction, path: &Path) -> Result<u64, St
     entries += copy(rtx, &db, WEBHOOK_SECRETS)?;
     entries += copy(rtx, &db, FINISHED_GROUPS)?;
     entries += copy(rtx, &db, JOBS)?;
+    entries += copy(rtx, &db, REDELIVERIES)?;
     // The copy was closed cleanly by definition; the last commit is durable.
     let mut tx = db.begin_write().map_err(storage)?;
     tx.set_durability(Durability::Immediate).map_err(storage)?;

@@ -36,6 +36,7 @@ pub(super) struct Batch<'t, 'p> {
     pub(super) webhook_secrets: Table<'t, &'static str, &'static [u8]>,
     pub(super) webhook_pending: Table<'t, u64, (&'static str, &'static str)>,
     pub(super) webhook_sweeps: Table<'t, &'static str, u64>,
+    pub(super) redeliveries: Table<'t, &'static str, &'static [u8]>,
     pub(super) finished_groups: Table<'t, (u64, &'static str), &'static [u8]>,
     /// Dispatches this group ended, with their end times: one `finished_groups` entry at the
     /// end of the group.
@@ -85,6 +86,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             user_webhooks_delta: HashMap::new(),
             webhook_pending: tx.open_table(WEBHOOK_PENDING).map_err(storage)?,
             webhook_sweeps: tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?,
+            redeliveries: tx.open_table(REDELIVERIES).map_err(storage)?,
             finished_groups: tx.open_table(FINISHED_GROUPS).map_err(storage)?,
             finished: Vec::new(),
             fold_now: false,
@@ -271,18 +273,7 @@ impl<'t, 'p> Batch<'t, 'p> {
         removed_ms: u64,
         budget: &mut usize,
     ) -> Result<bool, StoreError> {
-        let ids: Vec<String> = {
-            let range = self
-                .dispatches_by_webhook
-                .range((webhook_id, "")..=(webhook_id, ID_MAX))
-                .map_err(storage)?;
-            let mut ids = Vec::new();
-            for entry in range.take(*budget) {
-                let (k, _) = entry.map_err(storage)?;
-                ids.push(k.value().1.to_string());
-            }
-            ids
-        };
+        let ids = self.listed_ids((webhook_id, "")..=(webhook_id, ID_MAX), *budget)?;
         let asked = *budget;
         for id in &ids {
             self.end_removed(id, removed_ms)?;
@@ -290,6 +281,20 @@ impl<'t, 'p> Batch<'t, 'p> {
         }
         *budget -= ids.len();
         Ok(ids.len() < asked)
+    }
+
+    /// Up to `max` dispatch ids of a webhook's folded list, in `range` of its keys.
+    pub(super) fn listed_ids<'k>(
+        &self,
+        range: impl std::ops::RangeBounds<(&'k str, &'k str)> + 'k,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in self.dispatches_by_webhook.range(range).map_err(storage)?.take(max) {
+            let (k, _) = entry.map_err(storage)?;
+            ids.push(k.value().1.to_string());
+        }
+        Ok(ids)
     }
 
     pub(super) fn load_state(

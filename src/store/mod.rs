@@ -10,6 +10,7 @@ mod lastrun;
 mod migrate;
 mod pending;
 mod records;
+mod redelivery;
 mod retention;
 mod schema;
 mod writer;
@@ -356,6 +357,13 @@ impl Store {
         let index = Arc::new(load_index(&db)?);
         let (pending, next_seq) = load_pending(&db)?;
         let sweeps = load_sweeps(&db)?;
+        let redeliveries = redelivery::load(&db)?;
+        if !redeliveries.is_empty() {
+            tracing::info!(
+                webhooks = redeliveries.len(),
+                "resuming the bulk redeliveries the last run left under way"
+            );
+        }
         let sweeping = Arc::new(AtomicBool::new(!sweeps.is_empty()));
         let pending = Arc::new(pending);
         let db = Arc::new(db);
@@ -386,6 +394,8 @@ impl Store {
                     limits.store_bytes_max,
                 ),
                 metrics: metrics.clone(),
+                redeliveries,
+                redelivery_replies: HashMap::new(),
             },
         )?;
         let handle = handle.recording_close(last_run);
@@ -541,6 +551,30 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         self.write(|reply| WriteOp::Redeliver { user_id, dispatch_id, now_ms, reply }).await
+    }
+
+    /// Makes the webhook's dispatches in `status` that were created from `since_ms` to
+    /// `until_ms` ACTIVE again, in chunks over later group commits; answers how many once the
+    /// last chunk is committed. `NotFound` if the user has no such webhook; `Refused` while an
+    /// earlier one for the webhook runs.
+    pub async fn redeliver_all(
+        &self,
+        user_id: String,
+        webhook_id: String,
+        status: crate::model::DispatchStatus,
+        (since_ms, until_ms): (u64, u64),
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.write(|reply| WriteOp::RedeliverAll {
+            user_id,
+            webhook_id,
+            status,
+            since_ms,
+            until_ms,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     /// The webhook's signing keys, if the user has that webhook.
@@ -1274,6 +1308,7 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(WEBHOOK_PENDING).map_err(storage)?;
     tx.open_table(FINISHED_GROUPS).map_err(storage)?;
     tx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
+    tx.open_table(REDELIVERIES).map_err(storage)?;
     Ok(())
 }
 

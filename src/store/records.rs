@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use super::redelivery::Redelivery;
 use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, SigningKeys, Webhook};
 
 const V1: u8 = 1;
@@ -137,6 +138,44 @@ pub struct StatsState {
     /// The end of the latest dispatch, copied here only when retention deleted that dispatch
     /// (its state is then gone): status and finish time.
     pub last_ended: Option<(DispatchStatus, Option<u64>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RedeliveryV1 {
+    user_id: String,
+    status: String,
+    /// The last dispatch id looked at; `None` before the first chunk.
+    after_id: Option<String>,
+    from_id: String,
+    until_id: String,
+    due_ms: u64,
+    count: u64,
+}
+
+pub fn encode_redelivery(r: &Redelivery) -> Result<Vec<u8>, StoreError> {
+    encode_v1(&RedeliveryV1 {
+        user_id: r.user_id.clone(),
+        status: r.status.as_str().to_string(),
+        after_id: r.after_id.clone(),
+        from_id: r.from_id.clone(),
+        until_id: r.until_id.clone(),
+        due_ms: r.due_ms,
+        count: r.count,
+    })
+}
+
+pub fn decode_redelivery(webhook_id: &str, bytes: &[u8]) -> Result<Redelivery, StoreError> {
+    let r: RedeliveryV1 = decode_v1("redelivery", bytes)?;
+    Ok(Redelivery {
+        webhook_id: webhook_id.to_string(),
+        user_id: r.user_id,
+        status: status_of(&r.status)?,
+        after_id: r.after_id,
+        from_id: r.from_id,
+        until_id: r.until_id,
+        due_ms: r.due_ms,
+        count: r.count,
+    })
 }
 
 #[derive(Serialize, Deserialize)]

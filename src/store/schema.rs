@@ -86,6 +86,10 @@ pub const FINISHED_GROUPS: TableDefinition<(u64, &str), &[u8]> =
 /// it replaced while that still signs beside it. Every webhook has one from create to delete.
 /// (Schema 7.)
 pub const WEBHOOK_SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_secrets");
+/// webhook id -> versioned redelivery record: a bulk redelivery of that webhook's ended
+/// dispatches under way (redelivery.rs), at most one per webhook. (Added in schema 7's
+/// lifetime; created at open when missing.)
+pub const REDELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("redeliveries");
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 

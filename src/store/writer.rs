@@ -18,6 +18,7 @@ use super::index::{IndexChange, MatchIndex};
 use super::lastrun::LastRun;
 use super::pending::Pending;
 use super::records::StatsState;
+use super::redelivery::{self, Redelivery};
 use super::retention::Retention;
 use super::schema::*;
 use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError, records};
@@ -76,6 +77,17 @@ pub(crate) enum WriteOp {
         dispatch_id: String,
         now_ms: u64,
         reply: Reply<()>,
+    },
+    /// Starts redelivering the webhook's dispatches in `status` created in the window; the
+    /// reply (how many were made ACTIVE) comes once the job's last chunk is committed.
+    RedeliverAll {
+        user_id: String,
+        webhook_id: String,
+        status: DispatchStatus,
+        since_ms: u64,
+        until_ms: u64,
+        now_ms: u64,
+        reply: Reply<u64>,
     },
     /// Wakes the writer for retention (the ticker's time is in `RetentionSignal`); the reply,
     /// if asked for, says whether retention has more to do after this group.
@@ -166,7 +178,8 @@ fn run(
     // webhooks are being swept or retention has work, it does not wait for ops: an empty
     // batch sweeps or deletes a chunk.
     loop {
-        let idle = state.sweeps.is_empty() && !state.retention.busy;
+        let idle =
+            state.sweeps.is_empty() && !state.retention.busy && state.redeliveries.is_empty();
         let first = if idle {
             rx.blocking_recv()
         } else {
@@ -214,6 +227,7 @@ fn commit_batch(
     let mut outbox_grew = false;
     let mut index_changes = Vec::new();
     let mut ticks = Vec::new();
+    let mut started_jobs = Vec::new();
     let mut deleted_now = super::retention::Deleted::default();
     let started = std::time::Instant::now();
     let ops_count = batch.len();
@@ -230,10 +244,17 @@ fn commit_batch(
             let mut b =
                 Batch::open(&tx, &tail, &state.index, &state.user_webhooks, state.next_seq)?;
             for op in ops.by_ref() {
-                if let WriteOp::Tick { reply } = op {
-                    ticks.extend(reply);
-                    continue;
-                }
+                let op = match op {
+                    WriteOp::Tick { reply } => {
+                        ticks.extend(reply);
+                        continue;
+                    }
+                    WriteOp::RedeliverAll { .. } => {
+                        answers.extend(start_redelivery(&mut b, op, &mut started_jobs)?);
+                        continue;
+                    }
+                    op => op,
+                };
                 let (answer, failure) = apply(&mut b, op);
                 answers.extend(answer);
                 if let Some(e) = failure {
@@ -241,6 +262,11 @@ fn commit_batch(
                 }
             }
             let finished = sweep_chunk(&mut b, &state.sweeps)?;
+            for job in redelivery::chunk(&mut b, &mut state.redeliveries)? {
+                if let Some(reply) = state.redelivery_replies.remove(&job.webhook_id) {
+                    answers.push(answer(reply, Ok(job.count)));
+                }
+            }
             let created = b.new_pending.len();
             deleted_now = state.retention.chunk(&mut b, created)?;
             let folding = b.fold_now || tail.len() + b.new_pending.len() >= state.pending_max;
@@ -291,6 +317,10 @@ fn commit_batch(
             mirror.forget_webhook(w);
         }
         state.next_seq = next_seq;
+        for (job, reply) in started_jobs.drain(..) {
+            state.redelivery_replies.insert(job.webhook_id.clone(), reply);
+            state.redeliveries.push(job);
+        }
         for (user, delta) in user_delta {
             let count = state.user_webhooks.entry(user).or_default();
             *count = count.saturating_add_signed(delta);
@@ -351,6 +381,54 @@ pub(crate) struct WriterState {
     pub user_webhooks: HashMap<String, usize>,
     pub retention: Retention,
     pub metrics: Arc<Metrics>,
+    /// Bulk redeliveries under way, and the requests waiting for their counts.
+    pub redeliveries: Vec<Redelivery>,
+    pub redelivery_replies: HashMap<String, Reply<u64>>,
+}
+
+/// Records a bulk redelivery (`started` gets it once the group commits) or answers why not.
+/// `Err`: a storage error, which aborts the batch.
+fn start_redelivery(
+    b: &mut Batch<'_, '_>,
+    op: WriteOp,
+    started: &mut Vec<(Redelivery, Reply<u64>)>,
+) -> Result<Option<Answer>, StoreError> {
+    let WriteOp::RedeliverAll { user_id, webhook_id, status, since_ms, until_ms, now_ms, reply } =
+        op
+    else {
+        return Ok(None);
+    };
+    let owned = match b.webhooks.get(webhook_id.as_str()).map_err(storage)? {
+        Some(bytes) => records::decode_webhook(bytes.value())?.user_id == user_id,
+        None => false,
+    };
+    if !owned || b.deleted.contains(&webhook_id) {
+        return Ok(Some(answer(reply, Err(StoreError::NotFound))));
+    }
+    let pending = started.iter().any(|(j, _)| j.webhook_id == webhook_id);
+    if pending || redelivery::running(b, &webhook_id)? {
+        return Ok(Some(answer(
+            reply,
+            Err(StoreError::Refused(
+                "A redelivery of this webhook's dispatches is under way; retry once it ends."
+                    .into(),
+            )),
+        )));
+    }
+    let (from_id, until_id) = redelivery::window_ids(since_ms, until_ms);
+    let job = Redelivery {
+        webhook_id,
+        user_id,
+        status,
+        from_id,
+        until_id,
+        after_id: None,
+        due_ms: now_ms,
+        count: 0,
+    };
+    redelivery::start(b, &job)?;
+    started.push((job, reply));
+    Ok(None)
 }
 
 /// Dispatches one group ends for deleted webhooks (a delete itself ends this many inline, so
@@ -382,6 +460,7 @@ fn reject(op: WriteOp) -> Option<Answer> {
         WriteOp::CreateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::RotateSigningKey { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::Redeliver { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
+        WriteOp::RedeliverAll { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::UpdateWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::DeleteWebhook { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
         WriteOp::Ingest { reply, .. } => answer(reply, Err(StoreError::Unavailable)),
@@ -403,7 +482,11 @@ fn settle<T: Send + 'static>(
 /// Applies one op. A rule it breaks is its own answer; only storage errors abort the batch.
 fn apply(b: &mut Batch<'_, '_>, op: WriteOp) -> (Option<Answer>, Option<StoreError>) {
     match op {
+        // Taken apart by `commit_batch` before they get here.
         WriteOp::Tick { .. } => (None, None),
+        WriteOp::RedeliverAll { reply, .. } => {
+            (Some(answer(reply, Err(StoreError::Storage("redelivery routed late".into())))), None)
+        }
         WriteOp::Close => {
             // The stop is clean: the next open says so (a kill leaves this at 0).
             let marked = b.meta.insert(META_CLEAN_CLOSE, 1).map(|_| ()).map_err(storage);
@@ -568,7 +651,7 @@ fn redeliver(b: &mut Batch<'_, '_>, user_id: &str, dispatch_id: &str, now_ms: u6
     if owner.as_deref() != Some(user_id) {
         return Ok(Err(StoreError::NotFound));
     }
-    let Some(mut s) = b.load_state(dispatch_id)? else { return Ok(Err(StoreError::NotFound)) };
+    let Some(s) = b.load_state(dispatch_id)? else { return Ok(Err(StoreError::NotFound)) };
     if s.status == DispatchStatus::Active {
         return Ok(Err(StoreError::Refused(
             "The dispatch is ACTIVE: it is being delivered.".into(),
@@ -579,12 +662,7 @@ fn redeliver(b: &mut Batch<'_, '_>, user_id: &str, dispatch_id: &str, now_ms: u6
             "The dispatch's webhook was deleted: it is not delivered again.".into(),
         )));
     }
-    s.status = DispatchStatus::Active;
-    s.finished_ms = None;
-    s.next_due_ms = Some(now_ms);
-    s.calls_before_redelivery = s.calls.len();
-    b.enqueue(dispatch_id, &s.target.clone(), now_ms)?;
-    b.save_state(dispatch_id, &s)?;
+    redelivery::reactivate(b, dispatch_id, s, now_ms)?;
     Ok(Ok(()))
 }
 

@@ -92,3 +92,172 @@ fn a_dispatch_of_a_deleted_webhook_is_not_redelivered() {
     assert!(r.text().contains("deleted"), "{}", r.text());
     assert_eq!(d.dispatch(ALICE_TOKEN, &id)["status"], "SUCCEEDED", "unchanged");
 }
+
+fn iso(ms: u64) -> String {
+    hookd::model::format_timestamp_ms(ms)
+}
+
+fn iso_now() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    iso(ms.as_millis() as u64)
+}
+
+/// Statuses of the webhook's dispatches, by id, read through its list.
+fn statuses(d: &TestDaemon, webhook_id: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    loop {
+        let path = format!("/v2/webhooks/{webhook_id}/dispatches?limit=1000&offset={}", out.len());
+        let r = d.req("GET", &path, Some(ALICE_TOKEN), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let items = r.json()["data"]["items"].as_array().unwrap().clone();
+        if items.is_empty() {
+            return out;
+        }
+        for i in items {
+            out.insert(i["id"].as_str().unwrap().to_string(), i["status"].as_str().unwrap().into());
+        }
+    }
+}
+
+/// Sends `n` events for actor `actor` in batches; returns their dispatch ids.
+fn send(d: &TestDaemon, actor: &str, n: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for chunk in 0..n.div_ceil(100) {
+        let events: Vec<serde_json::Value> = (0..100.min(n - chunk * 100))
+            .map(|i| run_event("ACTOR.RUN.SUCCEEDED", actor, None, &format!("{tag}-{chunk}-{i}")))
+            .collect();
+        for a in d.post_events(ALICE_TOKEN, &json!(events)).as_array().unwrap() {
+            ids.extend(
+                a["dispatchIds"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()),
+            );
+        }
+    }
+    ids
+}
+
+fn wait_all(d: &TestDaemon, webhook_id: &str, ids: &[String], status: &str) {
+    wait_until(Duration::from_secs(60), &format!("{} dispatches {status}", ids.len()), || {
+        let now = statuses(d, webhook_id);
+        ids.iter().all(|id| now.get(id).map(String::as_str) == Some(status)).then_some(())
+    });
+}
+
+#[test]
+fn a_webhook_s_failed_dispatches_in_a_time_window_are_delivered_again_in_bulk() {
+    let rx = Receiver::start(0, |_, _| Reply::Status(500));
+    let d = TestDaemon::start("[delivery]\nallow_private_targets = true\n");
+    let mut body = webhook_body("a", &rx.url("/a"));
+    body["doNotRetry"] = json!(true);
+    let w = d.create_webhook(ALICE_TOKEN, &body);
+    let mut other = webhook_body("b", &rx.url("/b"));
+    other["doNotRetry"] = json!(true);
+    let w_other = d.create_webhook(ALICE_TOKEN, &other);
+    // Three windows of failed dispatches; the middle one spans several of the writer's chunks.
+    let before = send(&d, "a", 50, "before");
+    std::thread::sleep(Duration::from_millis(20));
+    let since = iso_now();
+    let inside = send(&d, "a", 600, "inside");
+    let until = iso_now();
+    std::thread::sleep(Duration::from_millis(20));
+    let after = send(&d, "a", 50, "after");
+    let others = send(&d, "b", 50, "other");
+    for (hook, ids) in [(&w, &before), (&w, &inside), (&w, &after), (&w_other, &others)] {
+        wait_all(&d, hook, ids, "FAILED");
+    }
+    let calls_before = rx.count();
+    rx.set_script(|_, _| Reply::Status(200));
+    let path = format!("/v2/webhooks/{w}/redeliver");
+    let window = json!({"status": "FAILED", "since": since, "until": until});
+    // Bad selections, another user's webhook, an unknown one: refused, nothing sent.
+    for bad in [
+        json!({"status": "ACTIVE"}),
+        json!({"since": "soon"}),
+        json!({"until": until, "since": iso(4_000_000_000_000)}),
+    ] {
+        let r = d.req("POST", &path, Some(ALICE_TOKEN), Some(&bad));
+        assert_eq!(
+            (r.status, r.error_type().as_str()),
+            (400, "invalid-input"),
+            "{bad}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(d.req("POST", &path, Some(BOB_TOKEN), Some(&window)).status, 404);
+    let unknown = "/v2/webhooks/AAAAAAAAAAAAAAAAA/redeliver";
+    assert_eq!(d.req("POST", unknown, Some(ALICE_TOKEN), Some(&window)).status, 404);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rx.count(), calls_before, "a refused redelivery sent something");
+
+    let r = d.req("POST", &path, Some(ALICE_TOKEN), Some(&window));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"data": {"count": 600}}));
+    wait_all(&d, &w, &inside, "SUCCEEDED");
+    wait_all(&d, &w, &before, "FAILED");
+    wait_all(&d, &w, &after, "FAILED");
+    wait_all(&d, &w_other, &others, "FAILED");
+    // Each in the window sent once more; none outside it.
+    let mut sent = std::collections::HashMap::<String, usize>::new();
+    for r in &rx.received()[calls_before..] {
+        *sent.entry(r.header("x-apify-webhook-dispatch-id").unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(sent.len(), 600);
+    assert!(inside.iter().all(|id| sent.get(id) == Some(&1)));
+    // Again: nothing in the window is FAILED any more.
+    let r = d.req("POST", &path, Some(ALICE_TOKEN), Some(&window));
+    assert_eq!(r.json(), json!({"data": {"count": 0}}));
+    // No body: every FAILED one of the webhook.
+    let r = d.req("POST", &path, Some(ALICE_TOKEN), None);
+    assert_eq!(r.json(), json!({"data": {"count": 100}}), "{}", r.text());
+    wait_all(&d, &w, &before, "SUCCEEDED");
+    wait_all(&d, &w, &after, "SUCCEEDED");
+    // SUCCEEDED ones can be sent again too.
+    let r = d.req("POST", &path, Some(ALICE_TOKEN), Some(&json!({"status": "SUCCEEDED"})));
+    assert_eq!(r.json(), json!({"data": {"count": 700}}), "{}", r.text());
+}
+
+#[test]
+fn kill9_in_the_middle_of_a_bulk_redelivery_loses_nothing_and_sends_nothing_twice() {
+    const N: usize = 5000;
+    // A call is in flight from its send until its outcome is committed; at most this many.
+    const INFLIGHT: usize = 16;
+    let rx = Receiver::start(0, |_, _| Reply::Status(500));
+    let mut d = TestDaemon::start(&format!(
+        "[delivery]\nallow_private_targets = true\ninflight_max = {INFLIGHT}\n"
+    ));
+    let mut body = webhook_body("a", &rx.url("/a"));
+    body["doNotRetry"] = json!(true);
+    let w = d.create_webhook(ALICE_TOKEN, &body);
+    let ids = send(&d, "a", N, "r");
+    wait_all(&d, &w, &ids, "FAILED");
+    let failed_calls = rx.count();
+    rx.set_script(|_, _| Reply::Status(200));
+    let addr = d.addr;
+    let path = format!("/v2/webhooks/{w}/redeliver");
+    // The answer never comes: the daemon is killed while the job runs.
+    let asked = std::thread::spawn(move || {
+        let auth = format!("Bearer {ALICE_TOKEN}");
+        try_raw_request(addr, "POST", &path, &[("Authorization", &auth)], b"")
+    });
+    wait_until(WAIT, "the first redelivered call", || (rx.count() > failed_calls).then_some(()));
+    d.kill9();
+    let _ = asked.join();
+    let sent_before_kill = rx.count() - failed_calls;
+    d.restart();
+    assert!(d.log().contains("resuming"), "the job was not under way at the kill:\n{}", d.log());
+    wait_all(&d, &w, &ids, "SUCCEEDED");
+    let mut sent = std::collections::HashMap::<String, usize>::new();
+    for r in &rx.received()[failed_calls..] {
+        *sent.entry(r.header("x-apify-webhook-dispatch-id").unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(sent.len(), N, "every dispatch delivered again");
+    let twice: Vec<_> = sent.iter().filter(|(_, n)| **n > 1).collect();
+    // Only calls in flight at the kill may go twice: at most the in-flight bound, each sent
+    // twice at most, and its first outcome is the one the kill lost (one call recorded since).
+    assert!(twice.len() <= INFLIGHT, "{} sent twice: {twice:?}", twice.len());
+    for (id, n) in &twice {
+        assert_eq!(**n, 2, "{id}");
+        let calls = d.dispatch(ALICE_TOKEN, id)["calls"].as_array().unwrap().len();
+        assert_eq!(calls, 2, "{id}: the failed call and one recorded redelivered call");
+    }
+    assert!(sent_before_kill < N, "the kill came after the job: {sent_before_kill} sent");
+}

@@ -58,6 +58,9 @@ struct Known {
     do_not_retry: bool,
 }
 
+/// Later than any id's time: a bulk redelivery of the whole history.
+const WINDOW_END_MS: u64 = 62u64.pow(8) - 1;
+
 fn open(path: &Path) -> (Store, WriterHandle) {
     // A tiny fold bound, so that folds happen (and crash) often.
     let limits = StoreLimits {
@@ -364,6 +367,54 @@ impl Sim {
         }
     }
 
+    /// Redelivers a webhook's dispatches in one ended status, its whole history: each known
+    /// one in that status must come back ACTIVE (unless retention deleted it), and the count
+    /// says how many did.
+    async fn redeliver_all(&mut self) {
+        let w = self.webhooks[self.rng.below(self.webhooks.len() as u64) as usize].clone();
+        let status =
+            if self.rng.below(2) == 0 { DispatchStatus::Failed } else { DispatchStatus::Succeeded };
+        let window = (0, WINDOW_END_MS);
+        let asked = self.store().redeliver_all(
+            w.user_id.clone(),
+            w.id.clone(),
+            status,
+            window,
+            self.now_ms,
+        );
+        let count = match asked.await {
+            Ok(n) => n,
+            Err(e) => self.fail(format!("redeliver_all {}: {e}", w.id)),
+        };
+        let stored: HashMap<String, Dispatch> = match self.store().all_dispatches().await {
+            Ok(all) => all.into_iter().map(|d| (d.id.clone(), d)).collect(),
+            Err(e) => self.fail(format!("all_dispatches: {e}")),
+        };
+        let (now, retained_before_ms) = (self.now_ms, self.retained_before_ms);
+        let mut made_active = 0;
+        let mut skipped = Vec::new();
+        for (id, k) in self.known.iter_mut() {
+            if k.webhook_id != w.id || k.ended != Some(status) {
+                continue;
+            }
+            match stored.get(id) {
+                Some(d) if d.status == DispatchStatus::Active => {
+                    k.ended = None;
+                    k.due_ms = now;
+                    k.calls_before_redelivery = k.calls;
+                    made_active += 1;
+                }
+                None if k.ended_ms < retained_before_ms => {}
+                _ => skipped.push(id.clone()),
+            }
+        }
+        if !skipped.is_empty() || made_active != count {
+            self.fail(format!(
+                "redeliver_all: {count} counted, {made_active} ACTIVE, skipped {skipped:?}"
+            ));
+        }
+    }
+
     /// Disables an enabled webhook or enables a disabled one.
     async fn toggle(&mut self) {
         let w = self.webhooks[self.rng.below(self.webhooks.len() as u64) as usize].clone();
@@ -547,7 +598,8 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
             40..43 => sim.retain().await,
             43..44 => sim.toggle().await,
             44..45 => sim.redeliver().await,
-            45..65 => sim.pass().await,
+            45..46 => sim.redeliver_all().await,
+            46..65 => sim.pass().await,
             65..90 => sim.complete_one(false).await,
             90..95 => sim.exchange_one(),
             _ => sim.crash().await,

@@ -1,0 +1,143 @@
+//! Redelivering a webhook's ended dispatches in bulk (`POST /v2/webhooks/{id}/redeliver`): a
+//! durable job per webhook (table `redeliveries`) of which the writer runs a chunk per group
+//! commit, so one request never holds the writer for long, and a crash resumes the job where
+//! the last commit left it: a dispatch made ACTIVE and the job's cursor past it are written in
+//! the same commit, so none is sent again by the job and none is skipped.
+
+use std::ops::Bound;
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::StoreError;
+use super::batch::Batch;
+use super::error::storage;
+use super::records::{self, DispatchState};
+use super::schema::{ID_MAX, REDELIVERIES};
+use crate::model::DispatchStatus;
+
+/// Dispatches looked at per group commit, over all jobs: the writer time a group spends here
+/// is bounded however many jobs run and however long their windows are.
+pub(super) const CHUNK_DISPATCHES: usize = 256;
+
+/// A bulk redelivery under way.
+#[derive(Debug, Clone)]
+pub struct Redelivery {
+    pub webhook_id: String,
+    pub user_id: String,
+    /// Dispatches in this status are made ACTIVE again.
+    pub status: DispatchStatus,
+    /// The window, as dispatch ids (which begin with their creation time).
+    pub from_id: String,
+    pub until_id: String,
+    /// The last id looked at, once a chunk ran.
+    pub after_id: Option<String>,
+    /// When the redelivered dispatches are due.
+    pub due_ms: u64,
+    /// How many were made ACTIVE so far.
+    pub count: u64,
+}
+
+/// The smallest dispatch id created at `since_ms` or later and the largest created at
+/// `until_ms` or earlier: the window's bounds in the id order.
+pub(super) fn window_ids(since_ms: u64, until_ms: u64) -> (String, String) {
+    let prefix = |ms| crate::sys::time_id_prefix(ms);
+    (prefix(since_ms), format!("{}{ID_MAX}", prefix(until_ms)))
+}
+
+/// Makes an ended dispatch ACTIVE again, due at `due_ms`, its schedule restarted and its calls
+/// kept; the same for a single redelivery and a bulk one.
+pub(super) fn reactivate(
+    b: &mut Batch<'_, '_>,
+    dispatch_id: &str,
+    mut s: DispatchState,
+    due_ms: u64,
+) -> Result<(), StoreError> {
+    s.status = DispatchStatus::Active;
+    s.finished_ms = None;
+    s.next_due_ms = Some(due_ms);
+    s.calls_before_redelivery = s.calls.len();
+    b.enqueue(dispatch_id, &s.target.clone(), due_ms)?;
+    b.save_state(dispatch_id, &s)
+}
+
+/// Records a new job; its chunks run from the next group on.
+pub(super) fn start(b: &mut Batch<'_, '_>, job: &Redelivery) -> Result<(), StoreError> {
+    let bytes = records::encode_redelivery(job)?;
+    b.redeliveries.insert(job.webhook_id.as_str(), bytes.as_slice()).map_err(storage)?;
+    // The job walks the webhook's folded list: fold the waiting dispatches into it now.
+    b.fold_now = true;
+    Ok(())
+}
+
+/// Whether a job for the webhook is under way (as of this group).
+pub(super) fn running(b: &Batch<'_, '_>, webhook_id: &str) -> Result<bool, StoreError> {
+    Ok(b.redeliveries.get(webhook_id).map_err(storage)?.is_some())
+}
+
+/// Runs a chunk of the jobs, oldest first; returns the jobs that ended (their record
+/// deleted), with their counts.
+pub(super) fn chunk(
+    b: &mut Batch<'_, '_>,
+    jobs: &mut Vec<Redelivery>,
+) -> Result<Vec<Redelivery>, StoreError> {
+    let mut budget = CHUNK_DISPATCHES;
+    let mut ended = Vec::new();
+    let mut i = 0;
+    while i < jobs.len() && budget > 0 {
+        let done = step(b, &mut jobs[i], &mut budget)?;
+        if done {
+            b.redeliveries.remove(jobs[i].webhook_id.as_str()).map_err(storage)?;
+            ended.push(jobs.remove(i));
+        } else {
+            let bytes = records::encode_redelivery(&jobs[i])?;
+            b.redeliveries
+                .insert(jobs[i].webhook_id.as_str(), bytes.as_slice())
+                .map_err(storage)?;
+            i += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// Looks at up to `budget` more dispatches of the job; `true` once its window is done or its
+/// webhook is gone.
+fn step(
+    b: &mut Batch<'_, '_>,
+    job: &mut Redelivery,
+    budget: &mut usize,
+) -> Result<bool, StoreError> {
+    let w = job.webhook_id.as_str();
+    if b.deleted.iter().any(|d| d == w) || b.stats(w)?.is_none() {
+        return Ok(true);
+    }
+    let lower = match &job.after_id {
+        Some(after) => Bound::Excluded((w, after.as_str())),
+        None => Bound::Included((w, job.from_id.as_str())),
+    };
+    let upper = Bound::Included((w, job.until_id.as_str()));
+    let ids = b.listed_ids((lower, upper), *budget)?;
+    let asked = *budget;
+    for id in &ids {
+        if let Some(s) = b.load_state(id)?
+            && s.status == job.status
+        {
+            reactivate(b, id, s, job.due_ms)?;
+            job.count += 1;
+        }
+    }
+    *budget -= ids.len();
+    job.after_id = ids.last().cloned().or(job.after_id.take());
+    Ok(ids.len() < asked)
+}
+
+/// The jobs under way, oldest window first, as the last run left them.
+pub(super) fn load(db: &redb::Database) -> Result<Vec<Redelivery>, StoreError> {
+    let rtx = db.begin_read().map_err(storage)?;
+    let table = rtx.open_table(REDELIVERIES).map_err(storage)?;
+    let mut jobs = Vec::new();
+    for entry in table.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        jobs.push(records::decode_redelivery(k.value(), v.value())?);
+    }
+    Ok(jobs)
+}
