@@ -43,6 +43,7 @@ pub struct Scheduler {
     inflight_max: usize,
     per_target_inflight_max: usize,
     per_user_inflight_max: usize,
+    signing_keys: bool,
 }
 
 /// One pass's work: dispatches to call now (already counted in flight) and the next due time.
@@ -68,7 +69,14 @@ impl Scheduler {
             inflight_max,
             per_target_inflight_max,
             per_user_inflight_max,
+            signing_keys: true,
         }
+    }
+
+    /// Whether passes read the due webhooks' signing keys (not when calls are not signed).
+    pub fn reading_signing_keys(mut self, read: bool) -> Scheduler {
+        self.signing_keys = read;
+        self
     }
 
     /// Takes the dispatches due at `now_ms` that fit the bounds, and marks them in flight.
@@ -87,6 +95,7 @@ impl Scheduler {
                 per_user_max: self.per_user_inflight_max,
                 take_max: free,
                 start_after: self.start_after.clone(),
+                signing_keys: self.signing_keys,
             })
             .await?;
         if let Some((target, _)) = due.dispatches.last() {
@@ -213,7 +222,8 @@ impl Dispatcher {
             self.inflight_max,
             self.per_target_inflight_max,
             self.per_user_inflight_max,
-        );
+        )
+        .reading_signing_keys(self.sender.signs());
         let mut calls: JoinSet<()> = JoinSet::new();
         let mut flights: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         // Calls say here when their HTTP exchange is over, before their outcome is committed:

@@ -100,6 +100,11 @@ impl Sender {
         })
     }
 
+    /// Whether calls are signed (`delivery.sign`): without it no pass reads signing keys.
+    pub fn signs(&self) -> bool {
+        self.config.sign
+    }
+
     /// Makes one call for `d`, signed with `signing` when `delivery.sign` is on; `now_ms`
     /// reads the clock (start and end of the call).
     pub async fn send(

@@ -225,6 +225,8 @@ pub struct DueRequest {
     pub take_max: usize,
     /// Targets are served from just after this one, round robin, so no target is always first.
     pub start_after: Option<String>,
+    /// Read the due webhooks' signing keys into `Due::signing`.
+    pub signing_keys: bool,
 }
 
 /// Due dispatches (with their targets) and the earliest due time not taken.
@@ -827,7 +829,8 @@ impl Store {
                             break;
                         }
                         *taken_per_user.entry(d.user_id.clone()).or_default() += 1;
-                        if !due.signing.contains_key(&d.webhook_id)
+                        if req.signing_keys
+                            && !due.signing.contains_key(&d.webhook_id)
                             && let Some(v) = secrets.get(d.webhook_id.as_str()).map_err(storage)?
                         {
                             let keys = records::decode_signing_keys(v.value())?;
