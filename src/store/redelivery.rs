@@ -39,7 +39,7 @@ pub struct Redelivery {
 
 /// The smallest dispatch id created at `since_ms` or later and the largest created at
 /// `until_ms` or earlier: the window's bounds in the id order.
-pub(super) fn window_ids(since_ms: u64, until_ms: u64) -> (String, String) {
+fn window_ids(since_ms: u64, until_ms: u64) -> (String, String) {
     let prefix = |ms| crate::sys::time_id_prefix(ms);
     (prefix(since_ms), format!("{}{ID_MAX}", prefix(until_ms)))
 }
@@ -60,18 +60,56 @@ pub(super) fn reactivate(
     b.save_state(dispatch_id, &s)
 }
 
-/// Records a new job; its chunks run from the next group on.
-pub(super) fn start(b: &mut Batch<'_, '_>, job: &Redelivery) -> Result<(), StoreError> {
-    let bytes = records::encode_redelivery(job)?;
-    b.redeliveries.insert(job.webhook_id.as_str(), bytes.as_slice()).map_err(storage)?;
-    // The job walks the webhook's folded list: fold the waiting dispatches into it now.
-    b.fold_now = true;
-    Ok(())
+impl Redelivery {
+    /// A job not yet started: the user's dispatches of the webhook in `status` created within
+    /// `(since_ms, until_ms)`, due at `now_ms`.
+    pub(super) fn new(
+        user_id: String,
+        webhook_id: String,
+        status: DispatchStatus,
+        (since_ms, until_ms): (u64, u64),
+        now_ms: u64,
+    ) -> Redelivery {
+        let (from_id, until_id) = window_ids(since_ms, until_ms);
+        Redelivery {
+            webhook_id,
+            user_id,
+            status,
+            from_id,
+            until_id,
+            after_id: None,
+            due_ms: now_ms,
+            count: 0,
+        }
+    }
 }
 
-/// Whether a job for the webhook is under way (as of this group).
-pub(super) fn running(b: &Batch<'_, '_>, webhook_id: &str) -> Result<bool, StoreError> {
-    Ok(b.redeliveries.get(webhook_id).map_err(storage)?.is_some())
+/// Records a new job (its chunks run from the next group on), or says why not: the user has
+/// no such webhook (`NotFound`), or a job for it runs or is `starting` in this group
+/// (`Refused`). Outer `Err`: storage.
+pub(super) fn begin(
+    b: &mut Batch<'_, '_>,
+    job: Redelivery,
+    starting: bool,
+) -> Result<Result<Redelivery, StoreError>, StoreError> {
+    let w = job.webhook_id.as_str();
+    let owned = match b.webhooks.get(w).map_err(storage)? {
+        Some(bytes) => records::decode_webhook(bytes.value())?.user_id == job.user_id,
+        None => false,
+    };
+    if !owned || b.deleted.iter().any(|d| d == w) {
+        return Ok(Err(StoreError::NotFound));
+    }
+    if starting || b.redeliveries.get(w).map_err(storage)?.is_some() {
+        return Ok(Err(StoreError::Refused(
+            "A redelivery of this webhook's dispatches is under way; retry once it ends.".into(),
+        )));
+    }
+    let bytes = records::encode_redelivery(&job)?;
+    b.redeliveries.insert(w, bytes.as_slice()).map_err(storage)?;
+    // The job walks the webhook's folded list: fold the waiting dispatches into it now.
+    b.fold_now = true;
+    Ok(Ok(job))
 }
 
 /// Runs a chunk of the jobs, oldest first; returns the jobs that ended (their record

@@ -88,12 +88,12 @@ fn only_the_writer_opens_write_transactions() {
     for (path, text) in sources() {
         // backup.rs writes only the new file a backup or a check makes, never the live store.
         let allowed = path == "src/store/writer.rs"
-            || path == "src/store/mod.rs"
+            || path == "src/store/open.rs"
             || path == "src/store/backup.rs";
         if !allowed {
             assert!(!text.contains("begin_write"), "{path} opens a write transaction");
         }
-        if path == "src/store/mod.rs" {
+        if path == "src/store/open.rs" {
             // Only the schema set-up at open, before the writer thread starts.
             assert_eq!(text.matches("begin_write").count(), 1, "{path}");
         }

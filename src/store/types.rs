@@ -1,0 +1,166 @@
+//! The store's public types: limits, pages, scopes, the records of an ingest, the scheduler's
+//! request and answer, and the fatal-error latch.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+use crate::model::{
+    ConditionKind, Dispatch, EventType, JobKind, SigningKeys, Webhook, WebhookStats,
+};
+
+/// The bounds of a store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    pub write_queue_max: usize,
+    pub write_batch_max: usize,
+    /// redb's page cache; the OS caches the file too.
+    pub cache_bytes: usize,
+    /// Dispatches that wait before their per-webhook stats and list entries are folded in.
+    pub webhook_pending_max: usize,
+    /// Finished dispatches older than this (by their end) are deleted; 0 keeps them.
+    pub finished_max_age_ms: u64,
+    /// Past this file size retention deletes the oldest finished records whatever their age;
+    /// 0: no bound.
+    pub store_bytes_max: u64,
+}
+
+/// A page request, already clamped by the API.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRequest {
+    pub offset: u64,
+    pub limit: u64,
+    pub desc: bool,
+}
+
+/// One page of a list and the exact total.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub total: u64,
+    pub items: Vec<T>,
+}
+
+/// Which webhooks a list covers.
+#[derive(Clone, Debug)]
+pub enum WebhookScope {
+    All,
+    Condition(ConditionKind, String),
+}
+
+/// The result of a create: the webhook, and whether an earlier create with the same
+/// `idempotencyKey` made it.
+#[derive(Debug)]
+pub struct Created {
+    pub webhook: Webhook,
+    pub stats: WebhookStats,
+    pub replayed: bool,
+}
+
+/// An event to store with the dispatches it created, all in one transaction.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub id: String,
+    pub user_id: String,
+    pub created_ms: u64,
+    pub event_type: EventType,
+    pub idempotency_key: Option<String>,
+    /// The event as accepted (JSON); `None` for a TEST dispatch, which has no event.
+    pub record_json: Option<String>,
+    /// Rendered dispatches, one per matched webhook. The writer drops those whose webhook is
+    /// gone, or is ad-hoc and already fired.
+    pub dispatches: Vec<Dispatch>,
+}
+
+/// The 202 answer for one event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventAnswer {
+    pub id: String,
+    pub created_ms: u64,
+    pub event_type: String,
+    pub dispatch_ids: Vec<String>,
+}
+
+/// A run or build state report, stored only if the job's status is still `expected_status`.
+#[derive(Debug)]
+pub struct JobReport {
+    pub user_id: String,
+    pub kind: JobKind,
+    pub id: String,
+    pub expected_status: Option<String>,
+    pub object_json: String,
+}
+
+/// Which dispatches a list covers.
+#[derive(Clone, Debug)]
+pub enum DispatchScope {
+    User,
+    Webhook(String),
+}
+
+/// What the scheduler asks for in one pass.
+#[derive(Clone, Debug, Default)]
+pub struct DueRequest {
+    pub now_ms: u64,
+    /// Dispatches being called now: not due again until their outcome is recorded. Shared, not
+    /// copied: the scheduler passes its own set for the length of one read.
+    pub in_flight: Arc<HashSet<String>>,
+    /// Calls in flight per target.
+    pub per_target: Arc<HashMap<String, usize>>,
+    pub per_target_max: usize,
+    /// Calls in flight per user (the dispatch's owner).
+    pub per_user: Arc<HashMap<String, usize>>,
+    pub per_user_max: usize,
+    /// At most this many dispatches in all.
+    pub take_max: usize,
+    /// Targets are served from just after this one, round robin, so no target is always first.
+    pub start_after: Option<String>,
+    /// Read the due webhooks' signing keys into `Due::signing`.
+    pub signing_keys: bool,
+}
+
+/// Due dispatches (with their targets) and the earliest due time not taken.
+#[derive(Debug, Default)]
+pub struct Due {
+    pub dispatches: Vec<(String, Dispatch)>,
+    pub next_due_ms: Option<u64>,
+    /// The signing keys of the dispatches' webhooks, by webhook id (a webhook deleted
+    /// meanwhile has none).
+    pub signing: HashMap<String, Arc<SigningKeys>>,
+}
+
+/// Set once by the writer when a storage error stops it; the app waits on it to exit non-zero.
+#[derive(Debug, Default)]
+pub struct Fatal {
+    failed: AtomicBool,
+    notify: Notify,
+    message: std::sync::Mutex<Option<String>>,
+}
+
+impl Fatal {
+    pub(crate) fn trigger(&self, message: String) {
+        if let Ok(mut m) = self.message.lock() {
+            m.get_or_insert(message);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// The storage error that stopped the writer ("" if none).
+    pub fn message(&self) -> String {
+        self.message.lock().ok().and_then(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a storage error stopped the writer; returns its message.
+    pub async fn wait(&self) -> String {
+        while !self.is_failed() {
+            self.notify.notified().await;
+        }
+        self.message()
+    }
+}
