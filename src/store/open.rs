@@ -290,18 +290,18 @@ pub(super) fn without_panics<T>(
     })
 }
 
-/// Creates the store file empty and readable by its owner only (it holds header templates,
-/// which carry secrets), unless it exists; redb initialises an empty file.
-/// Whether the file at `path` exists and was not closed cleanly (or cannot be read as a store:
-/// then the verifying open reports why).
+/// Whether the file at `path` exists and was not closed cleanly. Any other failure of the probe
+/// (another process has the file open, a damaged header) is left to the open to report.
 fn left_unclean(path: &Path) -> bool {
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         return false;
     }
     // A read-only open refuses, without changing the file, exactly the files that need repair.
-    Database::builder().open_read_only(path).is_err()
+    matches!(Database::builder().open_read_only(path), Err(redb::DatabaseError::RepairAborted))
 }
 
+/// Creates the store file empty and readable by its owner only (it holds header templates,
+/// which carry secrets), unless it exists; redb initialises an empty file.
 pub(super) fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {

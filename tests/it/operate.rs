@@ -251,6 +251,22 @@ fn copies_of_a_live_store_and_truncated_files_open_whole_or_are_refused() {
     }
     assert!(!torn.is_empty(), "copies of the same length to splice");
     copies.extend(torn);
+    // And one certain to hold pages that do not check: a live copy whose dispatch state
+    // records (the only records that begin `{"webhook_id"`) all have a version byte flipped.
+    // Opened unverified, its dispatches would answer 500; verified, it is refused.
+    let mut rotted = std::fs::read(&copies[0]).unwrap();
+    let pattern = b"\x01{\"webhook_id\":\"";
+    let mut flipped = 0;
+    for at in 0..rotted.len().saturating_sub(pattern.len()) {
+        if rotted[at..].starts_with(pattern) {
+            rotted[at] = 9;
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "state records found");
+    let rotted_path = d.dir.path().join("rotted.redb");
+    std::fs::write(&rotted_path, rotted).unwrap();
+    copies.push(rotted_path);
     for (i, copy) in copies.iter().enumerate() {
         opens_or_is_refused(copy, &format!("live copy {i}"));
     }
