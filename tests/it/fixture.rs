@@ -242,6 +242,10 @@ fn reads_back(version: u64) {
             if w["status"] == "ACTIVE" {
                 g["calls"] = Value::Array(g["calls"].as_array().unwrap()[..calls].to_vec());
                 g["status"] = w["status"].clone();
+                // Due again on this start: its next call is rescheduled.
+                if g.get("nextCallAt").is_some() {
+                    g["nextCallAt"] = w["nextCallAt"].clone();
+                }
             }
             assert_eq!(&g, w, "{user}'s dispatch");
         }
