@@ -184,6 +184,16 @@ fn all_readable(addr: SocketAddr) -> usize {
     }
 }
 
+/// A daemon started by a test, killed when the test lets go of it (or panics).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Each damaged file is either opened whole or refused with a message; never a panic.
 fn opens_or_is_refused(file: &Path, what: &str) -> bool {
     let (code, text) = check(file);
@@ -191,10 +201,10 @@ fn opens_or_is_refused(file: &Path, what: &str) -> bool {
     assert!(!text.contains("panicked"), "{what}: {text}");
     let dir = tempfile::tempdir().unwrap();
     match start_on(file, dir.path()) {
-        Ok((mut child, addr)) => {
+        Ok((child, addr)) => {
+            // Killed however this ends, a failed assertion included.
+            let _running = KillOnDrop(child);
             all_readable(addr);
-            let _ = child.kill();
-            let _ = child.wait();
             true
         }
         Err((code, stderr)) => {
