@@ -221,19 +221,11 @@ impl Store {
         user_id: String,
         webhook_id: String,
         status: crate::model::DispatchStatus,
-        (since_ms, until_ms): (u64, u64),
+        window: (u64, u64),
         now_ms: u64,
     ) -> Result<u64, StoreError> {
-        self.write(|reply| WriteOp::RedeliverAll {
-            user_id,
-            webhook_id,
-            status,
-            since_ms,
-            until_ms,
-            now_ms,
-            reply,
-        })
-        .await
+        let job = redelivery::Redelivery::new(user_id, webhook_id, status, window, now_ms);
+        self.write(|reply| WriteOp::RedeliverAll { job, reply }).await
     }
 
     /// The webhook's signing keys, if the user has that webhook.

@@ -25,9 +25,7 @@ use super::retention::Retention;
 use super::schema::*;
 use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError};
 use crate::metrics::{Metrics, RecordLabels, StatusLabels};
-use crate::model::{
-    Call, Decision, DispatchStatus, SigningKeys, Webhook, WebhookPatch, WebhookStats,
-};
+use crate::model::{Call, Decision, SigningKeys, Webhook, WebhookPatch, WebhookStats};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -83,12 +81,7 @@ pub(crate) enum WriteOp {
     /// Starts redelivering the webhook's dispatches in `status` created in the window; the
     /// reply (how many were made ACTIVE) comes once the job's last chunk is committed.
     RedeliverAll {
-        user_id: String,
-        webhook_id: String,
-        status: DispatchStatus,
-        since_ms: u64,
-        until_ms: u64,
-        now_ms: u64,
+        job: Redelivery,
         reply: Reply<u64>,
     },
     /// Wakes the writer for retention (the ticker's time is in `RetentionSignal`); the reply,
@@ -251,18 +244,9 @@ fn commit_batch(
                         ticks.extend(reply);
                         continue;
                     }
-                    WriteOp::RedeliverAll {
-                        user_id,
-                        webhook_id,
-                        status,
-                        since_ms,
-                        until_ms,
-                        now_ms,
-                        reply,
-                    } => {
-                        let starting = started_jobs.iter().any(|(j, _)| j.webhook_id == webhook_id);
-                        let window = (since_ms, until_ms);
-                        let job = Redelivery::new(user_id, webhook_id, status, window, now_ms);
+                    WriteOp::RedeliverAll { job, reply } => {
+                        let starting =
+                            started_jobs.iter().any(|(j, _)| j.webhook_id == job.webhook_id);
                         match redelivery::begin(&mut b, job, starting)? {
                             Ok(job) => started_jobs.push((job, reply)),
                             Err(e) => answers.push(answer(reply, Err(e))),
