@@ -15,7 +15,7 @@ use super::webhooks::{condition_json, not_found};
 use super::{ApiState, LIST_LIMIT_MAX};
 use crate::config::User;
 use crate::model::{Dispatch, DispatchStatus, EventType, format_timestamp_ms};
-use crate::store::{DispatchScope, NewEvent};
+use crate::store::{DispatchFilter, DispatchScope, NewEvent};
 use crate::template::RawJson;
 
 type Resp = Response<Full<Bytes>>;
@@ -120,13 +120,41 @@ pub async fn list(
     query: &Query,
 ) -> Result<Resp, ApiError> {
     let page = query.page(LIST_LIMIT_MAX)?;
+    let filter = dispatch_filter(query)?;
     if let DispatchScope::Webhook(id) = &scope
         && state.store.get_webhook(user.id.clone(), id.clone()).await?.is_none()
     {
         return Err(not_found());
     }
-    let result = state.store.list_dispatches(user.id.clone(), scope, page).await?;
+    let result = state.store.list_dispatches(user.id.clone(), scope, filter, page).await?;
     Ok(page_response(result.total, &page, result.items.iter().map(dispatch_json).collect()))
+}
+
+/// hookd's filters on the dispatch lists: `status` and `eventType` (empty: no filter).
+fn dispatch_filter(query: &Query) -> Result<DispatchFilter, ApiError> {
+    let status = match query.get("status") {
+        None | Some("") => None,
+        Some(v) => Some(
+            [DispatchStatus::Active, DispatchStatus::Succeeded, DispatchStatus::Failed]
+                .into_iter()
+                .find(|s| s.as_str() == v)
+                .ok_or_else(|| {
+                    ApiError::InvalidInput(format!(
+                        "Query parameter \"status\" must be one of ACTIVE, SUCCEEDED, FAILED (got \"{v}\")"
+                    ))
+                })?,
+        ),
+    };
+    let event_type = match query.get("eventType") {
+        None | Some("") => None,
+        Some("TEST") => Some(EventType::Test),
+        Some(v) => Some(EventType::parse_subscribable(v).ok_or_else(|| {
+            ApiError::InvalidInput(format!(
+                "Query parameter \"eventType\" must be an event type such as ACTOR.RUN.SUCCEEDED, or TEST (got \"{v}\")"
+            ))
+        })?),
+    };
+    Ok(DispatchFilter { status, event_type })
 }
 
 pub async fn get(state: &ApiState, user: &User, id: String) -> Result<Resp, ApiError> {

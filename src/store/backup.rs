@@ -45,6 +45,9 @@ pub(super) fn write_backup(rtx: &ReadTransaction, path: &Path) -> Result<u64, St
     entries += copy(rtx, &db, FINISHED_GROUPS)?;
     entries += copy(rtx, &db, JOBS)?;
     entries += copy(rtx, &db, REDELIVERIES)?;
+    entries += copy(rtx, &db, DISPATCHES_BY_USER_STATUS)?;
+    entries += copy(rtx, &db, DISPATCHES_BY_WEBHOOK_STATUS)?;
+    entries += copy(rtx, &db, DISPATCH_COUNTS)?;
     // The copy was closed cleanly by definition; the last commit is durable.
     let mut tx = db.begin_write().map_err(storage)?;
     tx.set_durability(Durability::Immediate).map_err(storage)?;

@@ -9,7 +9,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::StoreError;
 use super::error::storage;
 use super::index::{IndexChange, MatchIndex};
-use super::pending::PendingInner;
+use super::pending::{PendingInner, WaitingKey};
 use super::records::{self, DispatchState, StatsState};
 use super::schema::*;
 use crate::model::{Call, DispatchStatus, Webhook, WebhookStats};
@@ -31,6 +31,14 @@ pub(super) struct Batch<'t, 'p> {
     pub(super) dispatch_states: Table<'t, &'static str, &'static [u8]>,
     pub(super) dispatches_by_user: Table<'t, (&'static str, &'static str), ()>,
     pub(super) dispatches_by_webhook: Table<'t, (&'static str, &'static str), ()>,
+    pub(super) by_user_status: Table<'t, (&'static str, u8, u8, &'static str), ()>,
+    pub(super) by_webhook_status: Table<'t, (&'static str, u8, u8, &'static str), ()>,
+    pub(super) dispatch_counts: Table<'t, (u8, &'static str, u8, u8), u64>,
+    /// This group's changes to `dispatch_counts`, written once per key before the commit.
+    pub(super) count_deltas: HashMap<(u8, String, u8, u8), i64>,
+    /// Keys of waiting (unfolded) dispatches set in this group: the new ones' and changed
+    /// ones', for the fold and, after the commit, the mirror.
+    pub(super) waiting_keys: HashMap<String, WaitingKey>,
     pub(super) outbox: Table<'t, (&'static str, u64, &'static str), ()>,
     pub(super) jobs: Table<'t, (&'static str, u8, &'static str), &'static [u8]>,
     pub(super) webhook_secrets: Table<'t, &'static str, &'static [u8]>,
@@ -109,6 +117,11 @@ impl<'t, 'p> Batch<'t, 'p> {
             dispatch_states: tx.open_table(DISPATCH_STATES).map_err(storage)?,
             dispatches_by_user: tx.open_table(DISPATCHES_BY_USER).map_err(storage)?,
             dispatches_by_webhook: tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?,
+            by_user_status: tx.open_table(DISPATCHES_BY_USER_STATUS).map_err(storage)?,
+            by_webhook_status: tx.open_table(DISPATCHES_BY_WEBHOOK_STATUS).map_err(storage)?,
+            dispatch_counts: tx.open_table(DISPATCH_COUNTS).map_err(storage)?,
+            count_deltas: HashMap::new(),
+            waiting_keys: HashMap::new(),
             outbox: tx.open_table(OUTBOX).map_err(storage)?,
             jobs: tx.open_table(JOBS).map_err(storage)?,
             webhook_secrets: tx.open_table(WEBHOOK_SECRETS).map_err(storage)?,
@@ -184,8 +197,8 @@ impl<'t, 'p> Batch<'t, 'p> {
         ids
     }
 
-    /// Folds every waiting dispatch into `webhook_stats` and `dispatches_by_webhook`, in
-    /// commit order, and empties `webhook_pending`. Those of deleted webhooks are dropped.
+    /// Folds every waiting dispatch into `webhook_stats`, `dispatches_by_webhook` and
+    /// `dispatches_by_webhook_status`, in commit order, and empties `webhook_pending`. Those of deleted webhooks are dropped.
     pub(super) fn fold(&mut self) -> Result<(), StoreError> {
         let mut rows = Vec::with_capacity(self.tail.len() + self.new_pending.len());
         for entry in self.webhook_pending.iter().map_err(storage)? {
@@ -211,6 +224,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             s.last_ended = None;
             *changed = true;
             self.dispatches_by_webhook.insert((w.as_str(), d.as_str()), ()).map_err(storage)?;
+            self.index_folded(&w, &d)?;
         }
         self.webhook_pending.retain(|_, _| false).map_err(storage)?;
         Ok(())
@@ -238,7 +252,7 @@ impl<'t, 'p> Batch<'t, 'p> {
         s.next_due_ms = None;
         s.finished_ms = Some(removed_ms);
         self.mark_finished(dispatch_id, removed_ms, DispatchStatus::Failed)?;
-        self.save_state(dispatch_id, &s)
+        self.save_state(dispatch_id, &s, DispatchStatus::Active)
     }
 
     /// Lists an ended dispatch for retention, by the time it ended (written by
@@ -276,6 +290,10 @@ impl<'t, 'p> Batch<'t, 'p> {
         let ids = self.listed_ids((webhook_id, "")..=(webhook_id, ID_MAX), *budget)?;
         let asked = *budget;
         for id in &ids {
+            // Unlisted from the status index first, so ending it lists it nowhere.
+            if let Some(s) = self.load_state(id)? {
+                self.unlist_from_webhook(id, &s)?;
+            }
             self.end_removed(id, removed_ms)?;
             self.dispatches_by_webhook.remove((webhook_id, id.as_str())).map_err(storage)?;
         }
@@ -305,14 +323,16 @@ impl<'t, 'p> Batch<'t, 'p> {
         got.map(|b| records::decode_dispatch_state(b.value())).transpose()
     }
 
+    /// Writes the dispatch's state, which had status `was` (its index keys move with it).
     pub(super) fn save_state(
         &mut self,
         dispatch_id: &str,
         s: &DispatchState,
+        was: DispatchStatus,
     ) -> Result<(), StoreError> {
         let bytes = records::encode_dispatch_state(s)?;
         self.dispatch_states.insert(dispatch_id, bytes.as_slice()).map_err(storage)?;
-        Ok(())
+        self.index_moved(dispatch_id, s, was)
     }
 
     /// Removes the dispatch's outbox key (it has one exactly while ACTIVE).

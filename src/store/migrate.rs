@@ -21,6 +21,7 @@ pub(super) fn migrate(tx: &WriteTransaction, from: u64) -> Result<(), StoreError
             4 => v4_to_v5(tx)?,
             5 => v5_to_v6(tx)?,
             6 => v6_to_v7(tx)?,
+            7 => v7_to_v8(tx)?,
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "no migration from schema version {other}"
@@ -110,6 +111,46 @@ fn v6_to_v7(tx: &WriteTransaction) -> Result<(), StoreError> {
                 crate::model::SigningKeys { current: super::new_signing_key()?, previous: None };
             secrets.insert(id, records::encode_signing_keys(&keys)?.as_slice()).map_err(storage)?;
         }
+    }
+    Ok(())
+}
+
+/// Schema 8 filters the dispatch lists by status and event type: every state record gains its
+/// owner and event type (from its request record), and the status indexes and their counts
+/// are built (a webhook's only for its folded dispatches; the fold lists the others).
+fn v7_to_v8(tx: &WriteTransaction) -> Result<(), StoreError> {
+    use std::collections::HashMap;
+    let requests = tx.open_table(DISPATCHES).map_err(storage)?;
+    let mut states = tx.open_table(DISPATCH_STATES).map_err(storage)?;
+    let by_webhook = tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
+    let stats = tx.open_table(WEBHOOK_STATS).map_err(storage)?;
+    let mut by_user_status = tx.open_table(DISPATCHES_BY_USER_STATUS).map_err(storage)?;
+    let mut by_webhook_status = tx.open_table(DISPATCHES_BY_WEBHOOK_STATUS).map_err(storage)?;
+    let mut counts: HashMap<(u8, String, u8, u8), u64> = HashMap::new();
+    for entry in requests.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let id = k.value();
+        let Some(state) = states.get(id).map_err(storage)?.map(|s| s.value().to_vec()) else {
+            continue;
+        };
+        let (user_id, event_type) = records::dispatch_owner(v.value())?;
+        let mut s = records::decode_dispatch_state(&state)?;
+        let (st, et) = (status_code(s.status), event_code(event_type));
+        by_user_status.insert((user_id.as_str(), st, et, id), ()).map_err(storage)?;
+        *counts.entry((SCOPE_USER, user_id.clone(), st, et)).or_default() += 1;
+        let w = s.webhook_id.as_str();
+        let folded = by_webhook.get((w, id)).map_err(storage)?.is_some()
+            && stats.get(w).map_err(storage)?.is_some();
+        if folded {
+            by_webhook_status.insert((w, st, et, id), ()).map_err(storage)?;
+            *counts.entry((SCOPE_WEBHOOK, w.to_string(), st, et)).or_default() += 1;
+        }
+        s.owner = Some((user_id, event_type));
+        states.insert(id, records::encode_dispatch_state(&s)?.as_slice()).map_err(storage)?;
+    }
+    let mut table = tx.open_table(DISPATCH_COUNTS).map_err(storage)?;
+    for ((scope, owner, st, et), n) in counts {
+        table.insert((scope, owner.as_str(), st, et), n).map_err(storage)?;
     }
     Ok(())
 }

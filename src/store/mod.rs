@@ -5,6 +5,7 @@
 mod backup;
 mod batch;
 mod error;
+mod filtered;
 mod index;
 mod lastrun;
 mod migrate;
@@ -16,6 +17,7 @@ mod records;
 mod redelivery;
 mod retention;
 mod schema;
+mod status_index;
 mod types;
 mod writer;
 

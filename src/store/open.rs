@@ -216,6 +216,7 @@ impl Store {
 fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
     let rtx = db.begin_read().map_err(storage)?;
     let table = rtx.open_table(WEBHOOK_PENDING).map_err(storage)?;
+    let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
     let pending = Pending::default();
     let mut next_seq = 0;
     {
@@ -223,7 +224,13 @@ fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
         for entry in table.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
             let (w, d) = v.value();
-            mirror.add(w.to_string(), d.to_string());
+            let state = states.get(d).map_err(storage)?;
+            let key = match state {
+                Some(s) => records::decode_state_key(s.value())?
+                    .map(|(status, t)| (status_code(status), event_code(t))),
+                None => None,
+            };
+            mirror.add(w.to_string(), d.to_string(), key);
             next_seq = k.value() + 1;
         }
     }
@@ -389,6 +396,9 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(FINISHED_GROUPS).map_err(storage)?;
     tx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
     tx.open_table(REDELIVERIES).map_err(storage)?;
+    tx.open_table(DISPATCHES_BY_USER_STATUS).map_err(storage)?;
+    tx.open_table(DISPATCHES_BY_WEBHOOK_STATUS).map_err(storage)?;
+    tx.open_table(DISPATCH_COUNTS).map_err(storage)?;
     Ok(())
 }
 

@@ -112,6 +112,7 @@ pub(super) fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64
     *b.user_webhooks_delta.entry(user_id.to_string()).or_default() -= 1;
     b.webhook_stats.remove(id).map_err(storage)?;
     b.stats.insert(id.to_string(), None);
+    b.drop_webhook_counts(id)?;
     b.webhooks_by_user.remove((user_id, w.created_ms, id)).map_err(storage)?;
     b.index_condition(&w, false)?;
     b.index_changes.push(remove_from_index(&w));
@@ -277,6 +278,7 @@ pub(super) fn ingest(
             b.dispatches.insert(id, encoded.request.as_slice()).map_err(storage)?;
             b.dispatch_states.insert(id, encoded.state.as_slice()).map_err(storage)?;
             b.dispatches_by_user.insert((d.user_id.as_str(), id), ()).map_err(storage)?;
+            b.index_new(&d.user_id, d.status, d.event_type, id)?;
             if d.status == DispatchStatus::Active
                 && let Some(due) = d.next_due_ms
             {
@@ -328,6 +330,7 @@ pub(super) fn record_call(
 ) -> OpResult<()> {
     let Some(mut s) = b.load_state(dispatch_id)? else { return Ok(Ok(())) };
     let finished_ms = call.finished_ms;
+    let was = s.status;
     s.calls.push(call);
     // A dispatch that ended while its call was in flight (its webhook was deleted) keeps
     // its end: the call is recorded, nothing is scheduled.
@@ -350,6 +353,6 @@ pub(super) fn record_call(
             }
         }
     }
-    b.save_state(dispatch_id, &s)?;
+    b.save_state(dispatch_id, &s, was)?;
     Ok(Ok(()))
 }

@@ -13,10 +13,15 @@
 use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Waiting dispatch ids per webhook, in commit order.
+/// A waiting dispatch's (status, event type) codes (schema.rs) as of the last commit, which
+/// the filtered per-webhook lists read from here (`None`: retention deleted it meanwhile).
+pub(crate) type WaitingKey = Option<(u8, u8)>;
+
+/// Waiting dispatch ids per webhook, in commit order, and each one's key.
 #[derive(Default)]
 pub(crate) struct PendingInner {
     by_webhook: HashMap<String, Vec<String>>,
+    keys: HashMap<String, WaitingKey>,
     len: usize,
     /// At most the least dispatch id waiting (not raised when a webhook's entries are
     /// forgotten), so an id below it is surely folded.
@@ -29,16 +34,29 @@ impl PendingInner {
         self.by_webhook.get(webhook_id).map_or(&[], Vec::as_slice)
     }
 
+    /// The dispatch's key if it waits (outer `None`: it is folded, or unknown).
+    pub(crate) fn key(&self, dispatch_id: &str) -> Option<WaitingKey> {
+        self.keys.get(dispatch_id).copied()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn add(&mut self, webhook_id: String, dispatch_id: String) {
+    pub(crate) fn add(&mut self, webhook_id: String, dispatch_id: String, key: WaitingKey) {
         if self.least_id.as_ref().is_none_or(|least| dispatch_id < *least) {
             self.least_id = Some(dispatch_id.clone());
         }
+        self.keys.insert(dispatch_id.clone(), key);
         self.by_webhook.entry(webhook_id).or_default().push(dispatch_id);
         self.len += 1;
+    }
+
+    /// A waiting dispatch's key after a commit changed its status (or deleted it).
+    pub(crate) fn set_key(&mut self, dispatch_id: &str, key: WaitingKey) {
+        if let Some(k) = self.keys.get_mut(dispatch_id) {
+            *k = key;
+        }
     }
 
     /// No dispatch id below this one waits to be folded (`None`: none waits).
@@ -49,11 +67,15 @@ impl PendingInner {
     pub(crate) fn forget_webhook(&mut self, webhook_id: &str) {
         if let Some(ids) = self.by_webhook.remove(webhook_id) {
             self.len -= ids.len();
+            for id in &ids {
+                self.keys.remove(id);
+            }
         }
     }
 
     pub(crate) fn clear(&mut self) {
         self.by_webhook.clear();
+        self.keys.clear();
         self.len = 0;
         self.least_id = None;
     }

@@ -27,15 +27,20 @@ impl Store {
         .await
     }
 
-    /// A page of the user's dispatches (all, or one webhook's) in `createdAt` order.
+    /// A page of the user's dispatches (all, or one webhook's; those `filter` keeps) in
+    /// `createdAt` order.
     pub async fn list_dispatches(
         &self,
         user_id: String,
         scope: DispatchScope,
+        filter: DispatchFilter,
         page: PageRequest,
     ) -> Result<Page<Dispatch>, StoreError> {
         self.read_with_pending(move |rtx, waiting| {
             let (total, ids) = match &scope {
+                _ if !filter.is_all() => {
+                    super::filtered::filtered_page(rtx, waiting, &user_id, &scope, filter, page)?
+                }
                 DispatchScope::User => {
                     let index = rtx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
                     let lo = (user_id.as_str(), "");

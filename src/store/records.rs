@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use super::redelivery::Redelivery;
+use super::schema::{event_code, event_of_code};
 use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, SigningKeys, Webhook};
 
 const V1: u8 = 1;
@@ -262,10 +263,16 @@ struct DispatchRequestV1 {
 
 /// The part of a dispatch that each call changes, kept apart so that recording a call
 /// rewrites tens of bytes instead of the payload. It repeats the webhook and the target,
-/// which the writer needs (stats, outbox keys) without reading the request.
+/// which the writer needs (stats, outbox keys) without reading the request, and (schema 8)
+/// the owner and event type, which key the status indexes a status change moves it in.
 #[derive(Serialize, Deserialize)]
 struct DispatchStateV1 {
     webhook_id: String,
+    /// Absent before schema 8 (its migration writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_type: Option<u8>,
     target: String,
     status: String,
     calls: Vec<CallV1>,
@@ -292,6 +299,8 @@ struct CallV1 {
 /// What the writer reads and rewrites when a call ends or a dispatch is ended.
 pub struct DispatchState {
     pub webhook_id: String,
+    /// The owner and event type (`None` only in a record older than schema 8).
+    pub owner: Option<(String, EventType)>,
     /// The outbox partition (`Dispatch::target_key`).
     pub target: String,
     pub status: DispatchStatus,
@@ -329,6 +338,7 @@ pub fn encode_dispatch_request(d: &Dispatch) -> Result<Vec<u8>, StoreError> {
 pub fn state_of(d: &Dispatch) -> DispatchState {
     DispatchState {
         webhook_id: d.webhook_id.clone(),
+        owner: Some((d.user_id.clone(), d.event_type)),
         target: d.target_key(),
         status: d.status,
         calls: d.calls.clone(),
@@ -341,6 +351,8 @@ pub fn state_of(d: &Dispatch) -> DispatchState {
 pub fn encode_dispatch_state(s: &DispatchState) -> Result<Vec<u8>, StoreError> {
     let rec = DispatchStateV1 {
         webhook_id: s.webhook_id.clone(),
+        user_id: s.owner.as_ref().map(|(u, _)| u.clone()),
+        event_type: s.owner.as_ref().map(|(_, t)| event_code(*t)),
         target: s.target.clone(),
         status: s.status.as_str().to_string(),
         calls: s
@@ -363,7 +375,16 @@ pub fn encode_dispatch_state(s: &DispatchState) -> Result<Vec<u8>, StoreError> {
 
 pub fn decode_dispatch_state(bytes: &[u8]) -> Result<DispatchState, StoreError> {
     let r: DispatchStateV1 = decode_v1("dispatch state", bytes)?;
+    let owner = match (r.user_id, r.event_type) {
+        (Some(user), Some(code)) => Some((
+            user,
+            event_of_code(code)
+                .ok_or_else(|| StoreError::Corrupt(format!("dispatch event type code {code}")))?,
+        )),
+        _ => None,
+    };
     Ok(DispatchState {
+        owner,
         status: status_of(&r.status)?,
         webhook_id: r.webhook_id,
         target: r.target,
@@ -384,16 +405,32 @@ pub fn decode_dispatch_state(bytes: &[u8]) -> Result<DispatchState, StoreError> 
     })
 }
 
+/// A state record's status and event type alone (`None` for a record older than schema 8):
+/// the rest is skipped, not built, so the mirror of waiting dispatches loads fast at open.
+pub fn decode_state_key(bytes: &[u8]) -> Result<Option<(DispatchStatus, EventType)>, StoreError> {
+    #[derive(Deserialize)]
+    struct KeyOnly<'a> {
+        #[serde(borrow)]
+        status: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        event_type: Option<u8>,
+    }
+    let r: KeyOnly<'_> = decode_v1("dispatch state", bytes)?;
+    let status = status_of(&r.status)?;
+    match r.event_type {
+        Some(code) => match event_of_code(code) {
+            Some(t) => Ok(Some((status, t))),
+            None => Err(StoreError::Corrupt(format!("dispatch event type code {code}"))),
+        },
+        None => Ok(None),
+    }
+}
+
 /// A whole dispatch from its two records.
 pub fn decode_dispatch(request: &[u8], state: &[u8]) -> Result<Dispatch, StoreError> {
     let r: DispatchRequestV1 = decode_v1("dispatch", request)?;
     let s = decode_dispatch_state(state)?;
-    let event_type = if r.event_type == "TEST" {
-        EventType::Test
-    } else {
-        EventType::parse_subscribable(&r.event_type)
-            .ok_or_else(|| StoreError::Corrupt(format!("dispatch {}: {}", r.id, r.event_type)))?
-    };
+    let event_type = stored_event_type(&r.event_type)?;
     Ok(Dispatch {
         status: s.status,
         id: r.id,
@@ -429,6 +466,25 @@ pub fn dispatch_user(request: &[u8]) -> Result<String, StoreError> {
     }
     let r: UserOnly = decode_v1("dispatch request", request)?;
     Ok(r.user_id)
+}
+
+/// The owner and event type of a stored dispatch request.
+pub fn dispatch_owner(request: &[u8]) -> Result<(String, EventType), StoreError> {
+    #[derive(Deserialize)]
+    struct OwnerOnly {
+        user_id: String,
+        event_type: String,
+    }
+    let r: OwnerOnly = decode_v1("dispatch request", request)?;
+    Ok((r.user_id, stored_event_type(&r.event_type)?))
+}
+
+fn stored_event_type(t: &str) -> Result<EventType, StoreError> {
+    match t {
+        "TEST" => Ok(EventType::Test),
+        t => EventType::parse_subscribable(t)
+            .ok_or_else(|| StoreError::Corrupt(format!("dispatch event type {t}"))),
+    }
 }
 
 /// The part of a stored event retention needs.

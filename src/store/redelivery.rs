@@ -12,7 +12,7 @@ use super::StoreError;
 use super::batch::Batch;
 use super::error::storage;
 use super::records::{self, DispatchState};
-use super::schema::{ID_MAX, REDELIVERIES};
+use super::schema::{EVENT_CODE_MAX, ID_MAX, REDELIVERIES, status_code};
 use crate::model::DispatchStatus;
 
 /// Dispatches looked at per group commit, over all jobs: the writer time a group spends here
@@ -52,12 +52,13 @@ pub(super) fn reactivate(
     mut s: DispatchState,
     due_ms: u64,
 ) -> Result<(), StoreError> {
+    let was = s.status;
     s.status = DispatchStatus::Active;
     s.finished_ms = None;
     s.next_due_ms = Some(due_ms);
     s.calls_before_redelivery = s.calls.len();
     b.enqueue(dispatch_id, &s.target.clone(), due_ms)?;
-    b.save_state(dispatch_id, &s)
+    b.save_state(dispatch_id, &s, was)
 }
 
 impl Redelivery {
@@ -112,17 +113,24 @@ pub(super) fn begin(
     Ok(Ok(job))
 }
 
-/// Runs a chunk of the jobs, oldest first; returns the jobs that ended (their record
+/// Runs a chunk of the jobs: each gets an equal share of the chunk (at least one dispatch), in
+/// turn from where the last chunk stopped, so a small job started behind a large one ends
+/// within a few groups instead of after it. Returns the jobs that ended (their record
 /// deleted), with their counts.
 pub(super) fn chunk(
     b: &mut Batch<'_, '_>,
     jobs: &mut Vec<Redelivery>,
 ) -> Result<Vec<Redelivery>, StoreError> {
+    let share = (CHUNK_DISPATCHES / jobs.len().max(1)).max(1);
     let mut budget = CHUNK_DISPATCHES;
     let mut ended = Vec::new();
     let mut i = 0;
+    let mut served = 0;
     while i < jobs.len() && budget > 0 {
-        let done = step(b, &mut jobs[i], &mut budget)?;
+        let mut job_budget = share.min(budget);
+        let given = job_budget;
+        let done = step(b, &mut jobs[i], &mut job_budget)?;
+        budget -= given - job_budget;
         if done {
             b.redeliveries.remove(jobs[i].webhook_id.as_str()).map_err(storage)?;
             ended.push(jobs.remove(i));
@@ -132,13 +140,20 @@ pub(super) fn chunk(
                 .insert(jobs[i].webhook_id.as_str(), bytes.as_slice())
                 .map_err(storage)?;
             i += 1;
+            served += 1;
         }
+    }
+    // Those not reached go first next time.
+    if !jobs.is_empty() {
+        let n = jobs.len();
+        jobs.rotate_left(served % n);
     }
     Ok(ended)
 }
 
-/// Looks at up to `budget` more dispatches of the job; `true` once its window is done or its
-/// webhook is gone.
+/// Redelivers up to `budget` more of the job's dispatches, read from its webhook's status
+/// index (so the cost is the matches', not the history's); `true` once its window is done or
+/// its webhook is gone.
 fn step(
     b: &mut Batch<'_, '_>,
     job: &mut Redelivery,
@@ -148,12 +163,22 @@ fn step(
     if b.deleted.iter().any(|d| d == w) || b.stats(w)?.is_none() {
         return Ok(true);
     }
-    let lower = match &job.after_id {
-        Some(after) => Bound::Excluded((w, after.as_str())),
-        None => Bound::Included((w, job.from_id.as_str())),
-    };
-    let upper = Bound::Included((w, job.until_id.as_str()));
-    let ids = b.listed_ids((lower, upper), *budget)?;
+    let from = job.after_id.as_deref().unwrap_or(job.from_id.as_str());
+    let st = status_code(job.status);
+    let mut ids: Vec<String> = Vec::new();
+    for et in 0..=EVENT_CODE_MAX {
+        let lower = match &job.after_id {
+            Some(_) => Bound::Excluded((w, st, et, from)),
+            None => Bound::Included((w, st, et, from)),
+        };
+        let upper = Bound::Included((w, st, et, job.until_id.as_str()));
+        for entry in b.by_webhook_status.range((lower, upper)).map_err(storage)?.take(*budget) {
+            let (k, _) = entry.map_err(storage)?;
+            ids.push(k.value().3.to_string());
+        }
+    }
+    ids.sort_unstable();
+    ids.truncate(*budget);
     let asked = *budget;
     for id in &ids {
         if let Some(s) = b.load_state(id)?

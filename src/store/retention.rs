@@ -316,6 +316,7 @@ fn delete_dispatch(b: &mut Batch<'_, '_>, listed_ms: u64, id: &str) -> Result<bo
         return Ok(false);
     }
     b.dispatch_states.remove(id).map_err(storage)?;
+    b.index_deleted(id, &state)?;
     let user = match b.dispatches.remove(id).map_err(storage)? {
         Some(v) => Some(records::dispatch_user(v.value())?),
         None => None,

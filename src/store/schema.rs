@@ -3,11 +3,11 @@
 
 use redb::TableDefinition;
 
-use crate::model::ConditionKind;
+use crate::model::{ConditionKind, DispatchStatus, EventType};
 
 /// Bumped on any incompatible change; a file with a newer version is refused, an older one is
 /// migrated in place at open (`migrate.rs`).
-pub const SCHEMA_VERSION: u64 = 7;
+pub const SCHEMA_VERSION: u64 = 8;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// 1 when the writer's last commit was the one it makes on a clean stop; 0 while running.
 pub const META_CLEAN_CLOSE: &str = "clean_close";
@@ -90,6 +90,63 @@ pub const WEBHOOK_SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// dispatches under way (redelivery.rs), at most one per webhook. (Added in schema 7's
 /// lifetime; created at open when missing.)
 pub const REDELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("redeliveries");
+/// (user, status, event type, dispatch id) -> (): the user's dispatches by status and type, for
+/// the filtered lists; a dispatch's key moves in the transaction that changes its status.
+/// (Schema 8.)
+pub const DISPATCHES_BY_USER_STATUS: TableDefinition<(&str, u8, u8, &str), ()> =
+    TableDefinition::new("dispatches_by_user_status");
+/// (webhook id, status, event type, dispatch id) -> (): the folded dispatches of a webhook by
+/// status and type (like `dispatches_by_webhook`, a new one is listed by the fold; a listed
+/// one's key moves in the transaction that changes its status). (Schema 8.)
+pub const DISPATCHES_BY_WEBHOOK_STATUS: TableDefinition<(&str, u8, u8, &str), ()> =
+    TableDefinition::new("dispatches_by_webhook_status");
+/// (scope, owner, status, event type) -> how many keys the status index of that scope holds
+/// under (owner, status, event type): the exact `total` of a filtered list without counting
+/// it. Scope `SCOPE_USER` counts `dispatches_by_user_status`, `SCOPE_WEBHOOK`
+/// `dispatches_by_webhook_status`. (Schema 8.)
+pub const DISPATCH_COUNTS: TableDefinition<(u8, &str, u8, u8), u64> =
+    TableDefinition::new("dispatch_counts");
+pub const SCOPE_USER: u8 = 0;
+pub const SCOPE_WEBHOOK: u8 = 1;
+
+/// Every event type in code order (a code is its position). The codes are in the file: this
+/// list is spelled out here, apart from the model's, so that no change there changes them.
+const EVENT_TYPES: [EventType; 12] = [
+    EventType::RunCreated,
+    EventType::RunSucceeded,
+    EventType::RunFailed,
+    EventType::RunAborted,
+    EventType::RunTimedOut,
+    EventType::RunResurrected,
+    EventType::BuildCreated,
+    EventType::BuildSucceeded,
+    EventType::BuildFailed,
+    EventType::BuildAborted,
+    EventType::BuildTimedOut,
+    EventType::Test,
+];
+/// Event type codes run from 0 to this, inclusive.
+pub const EVENT_CODE_MAX: u8 = EVENT_TYPES.len() as u8 - 1;
+
+pub fn event_code(t: EventType) -> u8 {
+    EVENT_TYPES.iter().position(|e| *e == t).map_or(EVENT_CODE_MAX, |i| i as u8)
+}
+
+pub fn event_of_code(code: u8) -> Option<EventType> {
+    EVENT_TYPES.get(usize::from(code)).copied()
+}
+
+/// Status codes run from 0 to this, inclusive.
+pub const STATUS_CODE_MAX: u8 = 2;
+
+pub fn status_code(s: DispatchStatus) -> u8 {
+    match s {
+        DispatchStatus::Active => 0,
+        DispatchStatus::Succeeded => 1,
+        DispatchStatus::Failed => 2,
+    }
+}
+
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
 
@@ -97,5 +154,23 @@ pub fn job_code(kind: crate::model::JobKind) -> u8 {
     match kind {
         crate::model::JobKind::Run => 1,
         crate::model::JobKind::Build => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_has_its_own_code() {
+        let mut codes: Vec<u8> = EVENT_TYPES.iter().map(|t| event_code(*t)).collect();
+        assert_eq!(codes, (0..=EVENT_CODE_MAX).collect::<Vec<_>>());
+        codes.dedup();
+        for code in 0..=EVENT_CODE_MAX {
+            assert_eq!(event_of_code(code).map(event_code), Some(code));
+        }
+        assert_eq!(event_of_code(EVENT_CODE_MAX + 1), None);
+        let statuses = [DispatchStatus::Active, DispatchStatus::Succeeded, DispatchStatus::Failed];
+        assert_eq!(statuses.map(status_code), [0, 1, STATUS_CODE_MAX]);
     }
 }

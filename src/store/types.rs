@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 use crate::model::{
-    ConditionKind, Dispatch, EventType, JobKind, SigningKeys, Webhook, WebhookStats,
+    ConditionKind, Dispatch, DispatchStatus, EventType, JobKind, SigningKeys, Webhook, WebhookStats,
 };
 
 /// The bounds of a store.
@@ -97,6 +97,19 @@ pub struct JobReport {
 pub enum DispatchScope {
     User,
     Webhook(String),
+}
+
+/// Which statuses and event types a list keeps (`None`: all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchFilter {
+    pub status: Option<DispatchStatus>,
+    pub event_type: Option<EventType>,
+}
+
+impl DispatchFilter {
+    pub fn is_all(&self) -> bool {
+        self.status.is_none() && self.event_type.is_none()
+    }
 }
 
 /// What the scheduler asks for in one pass.

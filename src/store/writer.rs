@@ -234,7 +234,7 @@ fn commit_batch(
         // crash takes milliseconds instead of a full repair (seconds per GiB). Its cost is
         // one more fsync per group commit, shared by the whole group.
         tx.set_quick_repair(true);
-        let (new_pending, deleted, next_seq, folding, user_delta) = {
+        let ((new_pending, waiting_keys), deleted, next_seq, folding, user_delta) = {
             let tail = state.pending.read();
             let mut b =
                 Batch::open(&tx, &tail, &state.index, &state.user_webhooks, state.next_seq)?;
@@ -280,6 +280,7 @@ fn commit_batch(
                 );
             }
             b.flush_stats()?;
+            b.flush_counts()?;
             b.flush_finished()?;
             outbox_grew = b.outbox_grew;
             counts = (b.events_stored, b.new_pending.len() as u64, b.ended);
@@ -287,7 +288,7 @@ fn commit_batch(
             state.sweeps.retain(|(w, _)| !finished.contains(w));
             state.sweeps.append(&mut b.new_sweeps);
             (
-                std::mem::take(&mut b.new_pending),
+                (std::mem::take(&mut b.new_pending), std::mem::take(&mut b.waiting_keys)),
                 std::mem::take(&mut b.deleted),
                 b.next_seq,
                 folding,
@@ -310,7 +311,11 @@ fn commit_batch(
             mirror.clear();
         } else {
             for (w, d) in new_pending {
-                mirror.add(w, d);
+                let key = waiting_keys.get(&d).copied().flatten();
+                mirror.add(w, d, key);
+            }
+            for (d, key) in &waiting_keys {
+                mirror.set_key(d, *key);
             }
         }
         for w in &deleted {

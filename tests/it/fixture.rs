@@ -69,7 +69,10 @@ fn shown(d: &TestDaemon) -> Value {
 fn make_store_fixture() {
     let (store, shown_file) = fixture(hookd::store::SCHEMA_VERSION);
     let rx = Receiver::start(0, |_, _| Reply::Status(200));
-    let mut d = TestDaemon::start("[delivery]\nallow_private_targets = true\n");
+    // Folded every 2 dispatches, so that the store has folded and waiting ones.
+    let mut d = TestDaemon::start(
+        "[delivery]\nallow_private_targets = true\n[limits]\nwebhook_pending_max = 2\n",
+    );
     let closed = format!("http://127.0.0.1:{}/closed", free_port());
     let with = |mut body: Value, extra: Value| {
         for (k, v) in extra.as_object().unwrap() {
@@ -250,12 +253,62 @@ fn reads_back(version: u64) {
             assert_eq!(&g, w, "{user}'s dispatch");
         }
     }
+    // The status indexes the migration built (schema 8) list what the records say.
+    for token in [ALICE_TOKEN, BOB_TOKEN] {
+        wait_until(Duration::from_secs(10), "the filtered lists to agree", || {
+            filters_agree(&d, token).then_some(())
+        });
+    }
     assert!(d.log().contains("the last run closed the store cleanly"), "{}", d.log());
     let now = hookd::store::SCHEMA_VERSION;
     if version < now {
         let line = format!("migrated the store schema_version={now}");
         assert!(d.log().contains(&line), "{}", d.log());
     }
+}
+
+/// Whether every filtered list (the user's and each webhook's, by status and by event type)
+/// lists, in order and with its total, what the unfiltered list shows with that status or type.
+/// (A status can change between the reads: ACTIVE ones are called again on this start.)
+fn filters_agree(d: &TestDaemon, token: &str) -> bool {
+    let all = d.all_dispatches(token);
+    let ids_where = |items: &[Value], key: &str, value: &Value| -> Vec<Value> {
+        items.iter().filter(|i| &i[key] == value).map(|i| i["id"].clone()).collect()
+    };
+    let listed = |path: String| -> Option<(u64, Vec<Value>)> {
+        let r = d.req("GET", &path, Some(token), None);
+        let data = r.json()["data"].clone();
+        let ids = data["items"].as_array()?.iter().map(|i| i["id"].clone()).collect();
+        Some((data["total"].as_u64()?, ids))
+    };
+    let mut webhooks: Vec<&str> = all.iter().filter_map(|i| i["webhookId"].as_str()).collect();
+    webhooks.sort_unstable();
+    webhooks.dedup();
+    let mut filters: Vec<(&str, Value)> =
+        ["ACTIVE", "SUCCEEDED", "FAILED"].into_iter().map(|s| ("status", json!(s))).collect();
+    for t in all.iter().map(|i| i["eventType"].clone()) {
+        if !filters.contains(&("eventType", t.clone())) {
+            filters.push(("eventType", t));
+        }
+    }
+    for (key, value) in &filters {
+        let v = value.as_str().unwrap_or_default();
+        let want = ids_where(&all, key, value);
+        let path = format!("/v2/webhook-dispatches?limit=1000&{key}={v}");
+        if listed(path) != Some((want.len() as u64, want)) {
+            return false;
+        }
+        for w in &webhooks {
+            let plain = format!("/v2/webhooks/{w}/dispatches?limit=1000");
+            let Some((_, ids)) = listed(plain.clone()) else { continue }; // deleted: 404
+            let mine: Vec<Value> = all.iter().filter(|i| ids.contains(&i["id"])).cloned().collect();
+            let want = ids_where(&mine, key, value);
+            if listed(format!("{plain}&{key}={v}")) != Some((want.len() as u64, want)) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Retention works on a migrated v4 store: its ended dispatches (listed by the migration) go,

@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod enable;
 mod faults;
+mod filters;
 mod fixture;
 mod hostile;
 mod limits;

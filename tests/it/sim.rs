@@ -17,7 +17,9 @@ use hookd::model::{
     Call, Change, Condition, Dispatch, DispatchStatus, EventType, Webhook, WebhookDraft,
     WebhookPatch,
 };
-use hookd::store::{DispatchScope, NewEvent, PageRequest, Store, StoreLimits, WriterHandle};
+use hookd::store::{
+    DispatchFilter, DispatchScope, NewEvent, PageRequest, Store, StoreLimits, WriterHandle,
+};
 
 const DELAYS: [u64; 3] = [100, 200, 400];
 /// Retention in the simulation's clock: finished dispatches older than this may be deleted.
@@ -61,13 +63,14 @@ struct Known {
 /// Later than any id's time: a bulk redelivery of the whole history.
 const WINDOW_END_MS: u64 = 62u64.pow(8) - 1;
 
-fn open(path: &Path) -> (Store, WriterHandle) {
-    // A tiny fold bound, so that folds happen (and crash) often.
+fn open(path: &Path, seed: u64) -> (Store, WriterHandle) {
+    // A tiny fold bound, so that folds happen (and crash) often; for every third seed a large
+    // one, so that dispatches wait unfolded through redeliveries and retention.
     let limits = StoreLimits {
         write_queue_max: 1024,
         write_batch_max: 64,
         cache_bytes: 4 << 20,
-        webhook_pending_max: 7,
+        webhook_pending_max: if seed % 3 == 2 { 1000 } else { 7 },
         finished_max_age_ms: RETENTION_MS,
         store_bytes_max: 0,
     };
@@ -96,6 +99,8 @@ struct Sim {
     webhooks_changed: bool,
     /// Dispatches that ended before this may have been deleted by retention.
     retained_before_ms: u64,
+    /// Steps taken so far.
+    steps: u64,
 }
 
 impl Sim {
@@ -117,6 +122,8 @@ impl Sim {
         let events = 1 + self.rng.below(3) as usize;
         let mut batch = Vec::new();
         for _ in 0..events {
+            let event_type =
+                [EventType::RunSucceeded, EventType::RunFailed][self.rng.below(2) as usize];
             let mut dispatches = Vec::new();
             for _ in 0..1 + self.rng.below(2) {
                 let w = self.webhooks[self.rng.below(self.webhooks.len() as u64) as usize].clone();
@@ -127,7 +134,7 @@ impl Sim {
                     webhook_id: w.id.clone(),
                     created_ms: self.now_ms,
                     status: DispatchStatus::Active,
-                    event_type: EventType::RunSucceeded,
+                    event_type,
                     event_data_json: Some("{\"actorId\":\"a\",\"actorRunId\":\"r\"}".into()),
                     condition: w.condition.clone(),
                     request_url: w.request_url.clone(),
@@ -147,7 +154,7 @@ impl Sim {
                 id,
                 user_id: "u".into(),
                 created_ms: self.now_ms,
-                event_type: EventType::RunSucceeded,
+                event_type,
                 idempotency_key: None,
                 record_json: Some("{}".into()),
                 dispatches,
@@ -316,7 +323,7 @@ impl Sim {
         }
         // The file can be opened again only once the last handle is gone.
         self.store = None;
-        let (store, writer) = open(&self.path);
+        let (store, writer) = open(&self.path, self.seed);
         self.store = Some(store);
         self.writer = Some(writer);
     }
@@ -493,6 +500,81 @@ impl Sim {
         if self.webhooks_changed {
             self.check_webhooks(&stored).await;
         }
+        // Every third check (they cost more than the rest of the check together).
+        if self.steps.is_multiple_of(3) {
+            self.check_filters(&stored).await;
+        }
+    }
+
+    /// Every filtered list (per user and per webhook, by status and by event type) lists
+    /// exactly the stored dispatches that match, in order, with the exact total; a page from
+    /// the middle, newest first, is the same slice of them.
+    async fn check_filters(&self, stored: &HashMap<String, Dispatch>) {
+        let mut scopes: Vec<(String, DispatchScope)> =
+            ["u", "v"].iter().map(|u| (u.to_string(), DispatchScope::User)).collect();
+        for w in &self.webhooks {
+            scopes.push((w.user_id.clone(), DispatchScope::Webhook(w.id.clone())));
+        }
+        let mut filters: Vec<DispatchFilter> =
+            [DispatchStatus::Active, DispatchStatus::Succeeded, DispatchStatus::Failed]
+                .into_iter()
+                .map(|s| DispatchFilter { status: Some(s), event_type: None })
+                .collect();
+        // By type alone, or by type and a status, as the seed picks.
+        let status = [None, Some(DispatchStatus::Failed)][self.seed as usize % 2];
+        let event_type = [EventType::RunSucceeded, EventType::RunFailed][self.steps as usize % 2];
+        filters.push(DispatchFilter { status, event_type: Some(event_type) });
+        let paged = (self.seed + self.steps) as usize % filters.len();
+        for (user, scope) in &scopes {
+            for (i, filter) in filters.iter().enumerate() {
+                let mut want: Vec<&String> = stored
+                    .values()
+                    .filter(|d| &d.user_id == user)
+                    .filter(|d| match scope {
+                        DispatchScope::Webhook(w) => &d.webhook_id == w,
+                        DispatchScope::User => true,
+                    })
+                    .filter(|d| filter.status.is_none_or(|s| d.status == s))
+                    .filter(|d| filter.event_type.is_none_or(|t| d.event_type == t))
+                    .map(|d| &d.id)
+                    .collect();
+                want.sort();
+                let all = PageRequest { offset: 0, limit: u64::MAX, desc: false };
+                let got = self.list(user, scope, *filter, all).await;
+                let got_ids: Vec<&String> = got.items.iter().map(|d| &d.id).collect();
+                if got.total != want.len() as u64 || got_ids != want {
+                    self.fail(format!(
+                        "{scope:?} {filter:?}: listed {} {got_ids:?}, stored {want:?}",
+                        got.total
+                    ));
+                }
+                if i != paged {
+                    continue;
+                }
+                let middle = PageRequest { offset: 1, limit: 2, desc: true };
+                let got = self.list(user, scope, *filter, middle).await;
+                let got_ids: Vec<&String> = got.items.iter().map(|d| &d.id).collect();
+                let want_page: Vec<&String> = want.iter().rev().skip(1).take(2).copied().collect();
+                if got.total != want.len() as u64 || got_ids != want_page {
+                    self.fail(format!(
+                        "{scope:?} {filter:?} desc offset 1 limit 2: {got_ids:?}, not {want_page:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        user: &str,
+        scope: &DispatchScope,
+        filter: DispatchFilter,
+        page: PageRequest,
+    ) -> hookd::store::Page<Dispatch> {
+        match self.store().list_dispatches(user.into(), scope.clone(), filter, page).await {
+            Ok(p) => p,
+            Err(e) => self.fail(format!("list_dispatches {scope:?} {filter:?}: {e}")),
+        }
     }
 
     /// Per-webhook stats and lists (folded every 7 dispatches, see `open`) count every
@@ -528,10 +610,12 @@ impl Sim {
             }
             let page = PageRequest { offset: 0, limit: u64::MAX, desc: false };
             let scope = DispatchScope::Webhook(w.id.clone());
-            let listed = match self.store().list_dispatches(w.user_id.clone(), scope, page).await {
-                Ok(p) => p,
-                Err(e) => self.fail(format!("list_dispatches {}: {e}", w.id)),
-            };
+            let all = DispatchFilter::default();
+            let listed =
+                match self.store().list_dispatches(w.user_id.clone(), scope, all, page).await {
+                    Ok(p) => p,
+                    Err(e) => self.fail(format!("list_dispatches {}: {e}", w.id)),
+                };
             let listed_ids: Vec<&String> = listed.items.iter().map(|d| &d.id).collect();
             ids.retain(|id| stored.contains_key(*id));
             if listed.total != ids.len() as u64 || listed_ids != ids {
@@ -555,7 +639,7 @@ fn new_scheduler(rng: &mut Rng) -> (Scheduler, (usize, usize)) {
 async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
     let dir = tempfile::tempdir_in(base).expect("temp dir");
     let path = dir.path().join("sim.redb");
-    let (store, writer) = open(&path);
+    let (store, writer) = open(&path, seed);
     let mut rng = Rng::new(seed);
     let mut webhooks = Vec::new();
     for (i, do_not_retry) in [false, false, false, true].into_iter().enumerate() {
@@ -589,6 +673,7 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         webhooks_changed: false,
         retained_before_ms: 0,
         disabled: HashSet::new(),
+        steps: 0,
     };
     let steps = 20 + sim.rng.below(40);
     for _ in 0..steps {
@@ -604,6 +689,7 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
             90..95 => sim.exchange_one(),
             _ => sim.crash().await,
         }
+        sim.steps += 1;
         sim.check().await;
         sim.webhooks_changed = false;
     }
@@ -620,13 +706,15 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         if sim.rng.below(2) == 0 {
             sim.retain().await;
         }
+        sim.steps += 1;
         sim.check().await;
     }
     if !sim.known.values().all(|k| k.ended.is_some()) {
         sim.fail("dispatches never ended".into());
     }
-    // The final statuses as `lastDispatch` shows them.
+    // The final statuses as `lastDispatch` and the filtered lists show them.
     sim.webhooks_changed = true;
+    sim.steps = 0;
     sim.check().await;
     let stored = sim.store().all_dispatches().await.expect("all dispatches").len();
     // Nothing outlives the window: once every dispatch has ended and the window has passed,
