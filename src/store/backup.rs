@@ -36,8 +36,6 @@ pub(super) fn write_backup(rtx: &ReadTransaction, path: &Path) -> Result<u64, St
     entries += copy(rtx, &db, EVENT_IDEM)?;
     entries += copy(rtx, &db, DISPATCHES)?;
     entries += copy(rtx, &db, DISPATCH_STATES)?;
-    entries += copy(rtx, &db, DISPATCHES_BY_USER)?;
-    entries += copy(rtx, &db, DISPATCHES_BY_WEBHOOK)?;
     entries += copy(rtx, &db, OUTBOX)?;
     entries += copy(rtx, &db, WEBHOOK_PENDING)?;
     entries += copy(rtx, &db, WEBHOOK_SWEEPS)?;

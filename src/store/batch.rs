@@ -12,6 +12,7 @@ use super::index::{IndexChange, MatchIndex};
 use super::pending::{PendingInner, WaitingKey};
 use super::records::{self, DispatchState, StatsState};
 use super::schema::*;
+use super::status_index::CountDeltas;
 use crate::model::{Call, DispatchStatus, Webhook, WebhookStats};
 
 /// Every table, opened once per group commit (opening a table looks it up in redb's table
@@ -29,13 +30,11 @@ pub(super) struct Batch<'t, 'p> {
     pub(super) event_idem: Table<'t, (&'static str, &'static str), &'static [u8]>,
     pub(super) dispatches: Table<'t, &'static str, &'static [u8]>,
     pub(super) dispatch_states: Table<'t, &'static str, &'static [u8]>,
-    pub(super) dispatches_by_user: Table<'t, (&'static str, &'static str), ()>,
-    pub(super) dispatches_by_webhook: Table<'t, (&'static str, &'static str), ()>,
     pub(super) by_user_status: Table<'t, (&'static str, u8, u8, &'static str), ()>,
     pub(super) by_webhook_status: Table<'t, (&'static str, u8, u8, &'static str), ()>,
-    pub(super) dispatch_counts: Table<'t, (u8, &'static str, u8, u8), u64>,
+    pub(super) dispatch_counts: Table<'t, (&'static str, u8, u8), u64>,
     /// This group's changes to `dispatch_counts`, written once per key before the commit.
-    pub(super) count_deltas: HashMap<(u8, String, u8, u8), i64>,
+    pub(super) count_deltas: CountDeltas,
     /// Keys of waiting (unfolded) dispatches set in this group: the new ones' and changed
     /// ones', for the fold and, after the commit, the mirror.
     pub(super) waiting_keys: HashMap<String, WaitingKey>,
@@ -62,8 +61,8 @@ pub(super) struct Batch<'t, 'p> {
     /// Webhooks per user as of the last commit, and this group's changes to them.
     pub(super) user_webhooks: &'p HashMap<String, usize>,
     pub(super) user_webhooks_delta: HashMap<String, isize>,
-    /// This group's new dispatches (webhook id, dispatch id), in order, for the mirror.
-    pub(super) new_pending: Vec<(String, String)>,
+    /// This group's new dispatches (webhook id, dispatch id, user id), in order, for the mirror.
+    pub(super) new_pending: Vec<(String, String, String)>,
     /// The next `webhook_pending` key.
     pub(super) next_seq: u64,
     /// Webhooks deleted in this group (their waiting entries leave the mirror).
@@ -115,12 +114,10 @@ impl<'t, 'p> Batch<'t, 'p> {
             event_idem: tx.open_table(EVENT_IDEM).map_err(storage)?,
             dispatches: tx.open_table(DISPATCHES).map_err(storage)?,
             dispatch_states: tx.open_table(DISPATCH_STATES).map_err(storage)?,
-            dispatches_by_user: tx.open_table(DISPATCHES_BY_USER).map_err(storage)?,
-            dispatches_by_webhook: tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?,
             by_user_status: tx.open_table(DISPATCHES_BY_USER_STATUS).map_err(storage)?,
             by_webhook_status: tx.open_table(DISPATCHES_BY_WEBHOOK_STATUS).map_err(storage)?,
             dispatch_counts: tx.open_table(DISPATCH_COUNTS).map_err(storage)?,
-            count_deltas: HashMap::new(),
+            count_deltas: Default::default(),
             waiting_keys: HashMap::new(),
             outbox: tx.open_table(OUTBOX).map_err(storage)?,
             jobs: tx.open_table(JOBS).map_err(storage)?,
@@ -192,13 +189,14 @@ impl<'t, 'p> Batch<'t, 'p> {
     pub(super) fn waiting_ids(&self, webhook_id: &str) -> Vec<String> {
         let mut ids = self.tail.ids(webhook_id).to_vec();
         ids.extend(
-            self.new_pending.iter().filter(|(w, _)| w == webhook_id).map(|(_, d)| d.clone()),
+            self.new_pending.iter().filter(|(w, _, _)| w == webhook_id).map(|(_, d, _)| d.clone()),
         );
         ids
     }
 
-    /// Folds every waiting dispatch into `webhook_stats`, `dispatches_by_webhook` and
-    /// `dispatches_by_webhook_status`, in commit order, and empties `webhook_pending`. Those of deleted webhooks are dropped.
+    /// Folds every waiting dispatch into `webhook_stats` and `dispatches_by_webhook_status`,
+    /// in commit order, and empties `webhook_pending`. Those of deleted webhooks are dropped
+    /// (or listed for their sweep).
     pub(super) fn fold(&mut self) -> Result<(), StoreError> {
         let mut rows = Vec::with_capacity(self.tail.len() + self.new_pending.len());
         for entry in self.webhook_pending.iter().map_err(storage)? {
@@ -207,25 +205,27 @@ impl<'t, 'p> Batch<'t, 'p> {
             rows.push((w.to_string(), d.to_string()));
         }
         // By webhook (stably, so each webhook's own keep their commit order): the stats and
-        // index inserts then walk both trees in key order instead of jumping about.
+        // index inserts then walk the trees in key order instead of jumping about.
         rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let new_pending = std::mem::take(&mut self.new_pending);
+        let users: HashMap<&str, &str> =
+            new_pending.iter().map(|(_, d, u)| (d.as_str(), u.as_str())).collect();
         for (w, d) in rows {
-            let Some((s, changed)) = self.stats(&w)? else {
-                // A deleted webhook still being swept: list it where the sweep looks.
-                if self.webhook_sweeps.get(w.as_str()).map_err(storage)?.is_some() {
-                    self.dispatches_by_webhook
-                        .insert((w.as_str(), d.as_str()), ())
-                        .map_err(storage)?;
+            let listed = match self.stats(&w)? {
+                Some((s, changed)) => {
+                    s.total += 1;
+                    s.last_id = Some(d.clone());
+                    s.last_ended = None;
+                    *changed = true;
+                    true
                 }
-                continue;
+                // A deleted webhook still being swept: list it where the sweep looks.
+                None => self.webhook_sweeps.get(w.as_str()).map_err(storage)?.is_some(),
             };
-            s.total += 1;
-            s.last_id = Some(d.clone());
-            s.last_ended = None;
-            *changed = true;
-            self.dispatches_by_webhook.insert((w.as_str(), d.as_str()), ()).map_err(storage)?;
-            self.index_folded(&w, &d)?;
+            self.index_folded(&w, &d, listed, &users)?;
         }
+        drop(users);
+        self.new_pending = new_pending;
         self.webhook_pending.retain(|_, _| false).map_err(storage)?;
         Ok(())
     }
@@ -279,40 +279,30 @@ impl<'t, 'p> Batch<'t, 'p> {
     }
 
     /// One chunk of a deleted webhook's sweep: ends up to `budget` of its listed dispatches
-    /// and drops their list entries (nothing reads a deleted webhook's list). `true` when the
-    /// list is empty.
+    /// and drops their list entries (nothing reads a deleted webhook's list; its counts went
+    /// with its stats record).
+    /// `true` when the list is empty.
     pub(super) fn sweep(
         &mut self,
         webhook_id: &str,
         removed_ms: u64,
         budget: &mut usize,
     ) -> Result<bool, StoreError> {
-        let ids = self.listed_ids((webhook_id, "")..=(webhook_id, ID_MAX), *budget)?;
-        let asked = *budget;
-        for id in &ids {
-            // Unlisted from the status index first, so ending it lists it nowhere.
-            if let Some(s) = self.load_state(id)? {
-                self.unlist_from_webhook(id, &s)?;
-            }
-            self.end_removed(id, removed_ms)?;
-            self.dispatches_by_webhook.remove((webhook_id, id.as_str())).map_err(storage)?;
-        }
-        *budget -= ids.len();
-        Ok(ids.len() < asked)
-    }
-
-    /// Up to `max` dispatch ids of a webhook's folded list, in `range` of its keys.
-    pub(super) fn listed_ids<'k>(
-        &self,
-        range: impl std::ops::RangeBounds<(&'k str, &'k str)> + 'k,
-        max: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut ids = Vec::new();
-        for entry in self.dispatches_by_webhook.range(range).map_err(storage)?.take(max) {
+        let mut keys = Vec::new();
+        let range = (webhook_id, 0, 0, "")..=(webhook_id, u8::MAX, u8::MAX, ID_MAX);
+        for entry in self.by_webhook_status.range(range).map_err(storage)?.take(*budget) {
             let (k, _) = entry.map_err(storage)?;
-            ids.push(k.value().1.to_string());
+            let (_, st, et, id) = k.value();
+            keys.push((st, et, id.to_string()));
         }
-        Ok(ids)
+        let asked = *budget;
+        // Unlisted first, so ending it lists it nowhere.
+        for (st, et, id) in &keys {
+            self.by_webhook_status.remove((webhook_id, *st, *et, id.as_str())).map_err(storage)?;
+            self.end_removed(id, removed_ms)?;
+        }
+        *budget -= keys.len();
+        Ok(keys.len() < asked)
     }
 
     pub(super) fn load_state(

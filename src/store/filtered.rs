@@ -1,14 +1,14 @@
-//! The filtered dispatch lists (`?status=`, `?eventType=`): a page merged in id order from the
-//! status indexes' ranges (status_index.rs), one per (status, event type) the filter keeps, and
-//! for a webhook its waiting dispatches from the mirror; the total from the counts. The cost
-//! grows with the offset and the page, not with the history.
+//! The dispatch lists, filtered (`?status=`, `?eventType=`) or not: a page merged in id order
+//! from the status indexes' ranges (status_index.rs), one per (status, event type) the filter
+//! keeps, and the waiting dispatches from the mirror (pending.rs); the total from the counts.
+//! The cost grows with the offset and the page, not with the history.
 
 use redb::ReadTransaction;
 
 use super::error::storage;
 use super::pending::PendingInner;
 use super::schema::*;
-use super::{DispatchFilter, DispatchScope, PageRequest, StoreError};
+use super::{DispatchFilter, DispatchScope, PageRequest, StoreError, records};
 
 type Ids<'a> = Box<dyn Iterator<Item = Result<String, StoreError>> + 'a>;
 
@@ -32,25 +32,32 @@ pub(super) fn filtered_page(
     };
     let keys: Vec<(u8, u8)> =
         statuses.iter().flat_map(|s| types.iter().map(move |t| (*s, *t))).collect();
-    let (table, count_scope, owner, mut tail) = match scope {
-        DispatchScope::User => (DISPATCHES_BY_USER_STATUS, SCOPE_USER, user_id, Vec::new()),
-        DispatchScope::Webhook(w) => {
-            // Waiting ones, by the key the mirror holds for them.
-            let mut tail: Vec<String> = waiting
-                .ids(w)
-                .iter()
-                .filter(|id| matches!(waiting.key(id), Some(Some(k)) if keys.contains(&k)))
-                .cloned()
-                .collect();
-            tail.sort_unstable();
-            (DISPATCHES_BY_WEBHOOK_STATUS, SCOPE_WEBHOOK, w.as_str(), tail)
-        }
+    let (table, owner, waiting_ids) = match scope {
+        DispatchScope::User => (DISPATCHES_BY_USER_STATUS, user_id, waiting.user_ids(user_id)),
+        DispatchScope::Webhook(w) => (DISPATCHES_BY_WEBHOOK_STATUS, w.as_str(), waiting.ids(w)),
     };
-    let counts = rtx.open_table(DISPATCH_COUNTS).map_err(storage)?;
+    // The waiting ones, by the key the mirror holds for them.
+    let mut tail: Vec<String> = waiting_ids
+        .iter()
+        .filter(|id| matches!(waiting.key(id), Some(Some(k)) if keys.contains(&k)))
+        .cloned()
+        .collect();
+    tail.sort_unstable();
     let mut total = tail.len() as u64;
-    for (st, et) in &keys {
-        total +=
-            counts.get((count_scope, owner, *st, *et)).map_err(storage)?.map_or(0, |v| v.value());
+    match scope {
+        DispatchScope::User => {
+            let counts = rtx.open_table(DISPATCH_COUNTS).map_err(storage)?;
+            for (st, et) in &keys {
+                total += counts.get((owner, *st, *et)).map_err(storage)?.map_or(0, |v| v.value());
+            }
+        }
+        DispatchScope::Webhook(w) => {
+            let stats = rtx.open_table(WEBHOOK_STATS).map_err(storage)?;
+            if let Some(v) = stats.get(w.as_str()).map_err(storage)? {
+                let s = records::decode_stats(v.value())?;
+                total += keys.iter().map(|(st, et)| s.listed(*st, *et)).sum::<u64>();
+            }
+        }
     }
     let index = rtx.open_table(table).map_err(storage)?;
     let mut streams: Vec<Ids<'_>> = Vec::with_capacity(keys.len() + 1);

@@ -115,18 +115,25 @@ fn v6_to_v7(tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Schema 8 filters the dispatch lists by status and event type: every state record gains its
-/// owner and event type (from its request record), and the status indexes and their counts
-/// are built (a webhook's only for its folded dispatches; the fold lists the others).
+/// Schema 8 lists dispatches by status and event type: every state record gains its owner and
+/// event type (from its request record), the status indexes and their counts are built from
+/// the folded dispatches (the fold lists the waiting ones), and the plain lists they replace
+/// are dropped.
 fn v7_to_v8(tx: &WriteTransaction) -> Result<(), StoreError> {
     use std::collections::HashMap;
     let requests = tx.open_table(DISPATCHES).map_err(storage)?;
     let mut states = tx.open_table(DISPATCH_STATES).map_err(storage)?;
-    let by_webhook = tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
-    let stats = tx.open_table(WEBHOOK_STATS).map_err(storage)?;
+    let by_webhook = tx.open_table(DISPATCHES_BY_WEBHOOK_V7).map_err(storage)?;
     let mut by_user_status = tx.open_table(DISPATCHES_BY_USER_STATUS).map_err(storage)?;
     let mut by_webhook_status = tx.open_table(DISPATCHES_BY_WEBHOOK_STATUS).map_err(storage)?;
-    let mut counts: HashMap<(u8, String, u8, u8), u64> = HashMap::new();
+    let mut counts: HashMap<(String, u8, u8), u64> = HashMap::new();
+    let mut listed: HashMap<String, records::StatsState> = HashMap::new();
+    // The waiting ones are listed by the fold, as in every later run.
+    let mut waiting = std::collections::HashSet::new();
+    for entry in tx.open_table(WEBHOOK_PENDING).map_err(storage)?.iter().map_err(storage)? {
+        let (_, v) = entry.map_err(storage)?;
+        waiting.insert(v.value().1.to_string());
+    }
     for entry in requests.iter().map_err(storage)? {
         let (k, v) = entry.map_err(storage)?;
         let id = k.value();
@@ -136,21 +143,36 @@ fn v7_to_v8(tx: &WriteTransaction) -> Result<(), StoreError> {
         let (user_id, event_type) = records::dispatch_owner(v.value())?;
         let mut s = records::decode_dispatch_state(&state)?;
         let (st, et) = (status_code(s.status), event_code(event_type));
-        by_user_status.insert((user_id.as_str(), st, et, id), ()).map_err(storage)?;
-        *counts.entry((SCOPE_USER, user_id.clone(), st, et)).or_default() += 1;
+        if !waiting.contains(id) {
+            by_user_status.insert((user_id.as_str(), st, et, id), ()).map_err(storage)?;
+            *counts.entry((user_id.clone(), st, et)).or_default() += 1;
+        }
         let w = s.webhook_id.as_str();
-        let folded = by_webhook.get((w, id)).map_err(storage)?.is_some()
-            && stats.get(w).map_err(storage)?.is_some();
-        if folded {
+        // Folded, or listed for the sweep of its deleted webhook.
+        if by_webhook.get((w, id)).map_err(storage)?.is_some() {
             by_webhook_status.insert((w, st, et, id), ()).map_err(storage)?;
-            *counts.entry((SCOPE_WEBHOOK, w.to_string(), st, et)).or_default() += 1;
+            listed.entry(w.to_string()).or_default().add_listed(st, et, 1)?;
         }
         s.owner = Some((user_id, event_type));
         states.insert(id, records::encode_dispatch_state(&s)?.as_slice()).map_err(storage)?;
     }
     let mut table = tx.open_table(DISPATCH_COUNTS).map_err(storage)?;
-    for ((scope, owner, st, et), n) in counts {
-        table.insert((scope, owner.as_str(), st, et), n).map_err(storage)?;
+    for ((user, st, et), n) in counts {
+        table.insert((user.as_str(), st, et), n).map_err(storage)?;
     }
+    // A webhook's counts go in its stats record (a deleted one being swept has none).
+    let mut stats = tx.open_table(WEBHOOK_STATS).map_err(storage)?;
+    for (w, counted) in listed {
+        let old = stats.get(w.as_str()).map_err(storage)?.map(|v| v.value().to_vec());
+        if let Some(old) = old {
+            let mut s = records::decode_stats(&old)?;
+            s.listed = counted.listed;
+            stats.insert(w.as_str(), records::encode_stats(&s)?.as_slice()).map_err(storage)?;
+        }
+    }
+    drop((requests, states, by_webhook, by_user_status, by_webhook_status, table, stats));
+    // The unfiltered lists merge the status indexes' ranges now.
+    tx.delete_table(DISPATCHES_BY_USER_V7).map_err(storage)?;
+    tx.delete_table(DISPATCHES_BY_WEBHOOK_V7).map_err(storage)?;
     Ok(())
 }

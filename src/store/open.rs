@@ -219,19 +219,30 @@ fn load_pending(db: &Database) -> Result<(Pending, u64), StoreError> {
     let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
     let pending = Pending::default();
     let mut next_seq = 0;
+    let mut webhooks = std::collections::HashSet::new();
     {
         let mut mirror = pending.write();
         for entry in table.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
             let (w, d) = v.value();
             let state = states.get(d).map_err(storage)?;
-            let key = match state {
-                Some(s) => records::decode_state_key(s.value())?
-                    .map(|(status, t)| (status_code(status), event_code(t))),
-                None => None,
+            let (user, key) = match state {
+                Some(s) => match records::decode_state_key(s.value())? {
+                    Some((status, user, t)) => (user, Some((status_code(status), event_code(t)))),
+                    None => (String::new(), None),
+                },
+                None => (String::new(), None),
             };
-            mirror.add(w.to_string(), d.to_string(), key);
+            mirror.add(w.to_string(), user, d.to_string(), key);
             next_seq = k.value() + 1;
+            webhooks.insert(w.to_string());
+        }
+        // A deleted webhook's waiting ones are on their user's list only, as before the stop.
+        let stats = rtx.open_table(WEBHOOK_STATS).map_err(storage)?;
+        for w in webhooks {
+            if stats.get(w.as_str()).map_err(storage)?.is_none() {
+                mirror.forget_webhook(&w);
+            }
         }
     }
     Ok((pending, next_seq))
@@ -387,8 +398,6 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(EVENT_IDEM).map_err(storage)?;
     tx.open_table(DISPATCHES).map_err(storage)?;
     tx.open_table(DISPATCH_STATES).map_err(storage)?;
-    tx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
-    tx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
     tx.open_table(OUTBOX).map_err(storage)?;
     tx.open_table(JOBS).map_err(storage)?;
     tx.open_table(WEBHOOK_SWEEPS).map_err(storage)?;

@@ -112,7 +112,6 @@ pub(super) fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64
     *b.user_webhooks_delta.entry(user_id.to_string()).or_default() -= 1;
     b.webhook_stats.remove(id).map_err(storage)?;
     b.stats.insert(id.to_string(), None);
-    b.drop_webhook_counts(id)?;
     b.webhooks_by_user.remove((user_id, w.created_ms, id)).map_err(storage)?;
     b.index_condition(&w, false)?;
     b.index_changes.push(remove_from_index(&w));
@@ -277,8 +276,7 @@ pub(super) fn ingest(
             let id = d.id.as_str();
             b.dispatches.insert(id, encoded.request.as_slice()).map_err(storage)?;
             b.dispatch_states.insert(id, encoded.state.as_slice()).map_err(storage)?;
-            b.dispatches_by_user.insert((d.user_id.as_str(), id), ()).map_err(storage)?;
-            b.index_new(&d.user_id, d.status, d.event_type, id)?;
+            b.index_new(d.status, d.event_type, id);
             if d.status == DispatchStatus::Active
                 && let Some(due) = d.next_due_ms
             {
@@ -290,7 +288,7 @@ pub(super) fn ingest(
             // The webhook's stats and list entry are folded in later (pending.rs).
             b.webhook_pending.insert(b.next_seq, (d.webhook_id.as_str(), id)).map_err(storage)?;
             b.next_seq += 1;
-            b.new_pending.push((d.webhook_id.clone(), d.id.clone()));
+            b.new_pending.push((d.webhook_id.clone(), d.id.clone(), d.user_id.clone()));
             ids.push(d.id.clone());
         }
         let a = EventAnswer {

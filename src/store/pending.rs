@@ -1,9 +1,11 @@
-//! Dispatches not yet folded into the per-webhook tables (`webhook_stats`,
-//! `dispatches_by_webhook`). Writing those per event costs a random B-tree leaf per event when
-//! events spread over many webhooks, so the ingest commit appends each new dispatch to the
-//! `webhook_pending` table instead (an append, cheap) and to this in-memory mirror; when
-//! `limits.webhook_pending_max` are waiting, one commit folds them all in, and many of them
-//! share leaves. Readers add the waiting ones to what the tables say.
+//! Dispatches not yet folded into the per-webhook and per-user tables (`webhook_stats`, the
+//! status indexes). Writing those per event costs a B-tree leaf per event and per table (a
+//! random one when events spread over many webhooks), and a status index key would move again
+//! when the dispatch ends a moment later; so the ingest commit appends each new dispatch to the
+//! `webhook_pending` table instead (an append, cheap) and to this in-memory mirror, which also
+//! follows each one's status; when `limits.webhook_pending_max` are waiting, one commit folds
+//! them all in, sorted, so many of them share leaves. Readers add the waiting ones to what the
+//! tables say.
 //!
 //! Consistency: the writer changes this mirror only after its commit, and holds the write lock
 //! across a folding commit, while readers hold the read lock across their read transaction. So
@@ -14,14 +16,16 @@ use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A waiting dispatch's (status, event type) codes (schema.rs) as of the last commit, which
-/// the filtered per-webhook lists read from here (`None`: retention deleted it meanwhile).
+/// the lists read from here (`None`: unknown, its state is gone).
 pub(crate) type WaitingKey = Option<(u8, u8)>;
 
-/// Waiting dispatch ids per webhook, in commit order, and each one's key.
+/// Waiting dispatch ids per webhook and per user, in commit order, and each one's owner and key.
 #[derive(Default)]
 pub(crate) struct PendingInner {
     by_webhook: HashMap<String, Vec<String>>,
-    keys: HashMap<String, WaitingKey>,
+    by_user: HashMap<String, Vec<String>>,
+    /// Dispatch id -> (user, key).
+    entries: HashMap<String, (String, WaitingKey)>,
     len: usize,
     /// At most the least dispatch id waiting (not raised when a webhook's entries are
     /// forgotten), so an id below it is surely folded.
@@ -34,27 +38,49 @@ impl PendingInner {
         self.by_webhook.get(webhook_id).map_or(&[], Vec::as_slice)
     }
 
+    /// The user's waiting dispatch ids, oldest first.
+    pub(crate) fn user_ids(&self, user_id: &str) -> &[String] {
+        self.by_user.get(user_id).map_or(&[], Vec::as_slice)
+    }
+
     /// The dispatch's key if it waits (outer `None`: it is folded, or unknown).
     pub(crate) fn key(&self, dispatch_id: &str) -> Option<WaitingKey> {
-        self.keys.get(dispatch_id).copied()
+        self.entries.get(dispatch_id).map(|(_, key)| *key)
+    }
+
+    /// The owner of a waiting dispatch.
+    pub(crate) fn user_of(&self, dispatch_id: &str) -> Option<&str> {
+        self.entries.get(dispatch_id).map(|(user, _)| user.as_str())
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn add(&mut self, webhook_id: String, dispatch_id: String, key: WaitingKey) {
+    pub(crate) fn add(
+        &mut self,
+        webhook_id: String,
+        user_id: String,
+        dispatch_id: String,
+        key: WaitingKey,
+    ) {
         if self.least_id.as_ref().is_none_or(|least| dispatch_id < *least) {
             self.least_id = Some(dispatch_id.clone());
         }
-        self.keys.insert(dispatch_id.clone(), key);
+        match self.by_user.get_mut(&user_id) {
+            Some(ids) => ids.push(dispatch_id.clone()),
+            None => {
+                self.by_user.insert(user_id.clone(), vec![dispatch_id.clone()]);
+            }
+        }
+        self.entries.insert(dispatch_id.clone(), (user_id, key));
         self.by_webhook.entry(webhook_id).or_default().push(dispatch_id);
         self.len += 1;
     }
 
-    /// A waiting dispatch's key after a commit changed its status (or deleted it).
+    /// A waiting dispatch's key after a commit changed its status.
     pub(crate) fn set_key(&mut self, dispatch_id: &str, key: WaitingKey) {
-        if let Some(k) = self.keys.get_mut(dispatch_id) {
+        if let Some((_, k)) = self.entries.get_mut(dispatch_id) {
             *k = key;
         }
     }
@@ -64,18 +90,18 @@ impl PendingInner {
         self.least_id.as_deref()
     }
 
+    /// A deleted webhook's waiting dispatches leave its list (they stay on their user's, and
+    /// the fold still lists them there).
     pub(crate) fn forget_webhook(&mut self, webhook_id: &str) {
         if let Some(ids) = self.by_webhook.remove(webhook_id) {
             self.len -= ids.len();
-            for id in &ids {
-                self.keys.remove(id);
-            }
         }
     }
 
     pub(crate) fn clear(&mut self) {
         self.by_webhook.clear();
-        self.keys.clear();
+        self.by_user.clear();
+        self.entries.clear();
         self.len = 0;
         self.least_id = None;
     }

@@ -37,30 +37,8 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<Dispatch>, StoreError> {
         self.read_with_pending(move |rtx, waiting| {
-            let (total, ids) = match &scope {
-                _ if !filter.is_all() => {
-                    super::filtered::filtered_page(rtx, waiting, &user_id, &scope, filter, page)?
-                }
-                DispatchScope::User => {
-                    let index = rtx.open_table(DISPATCHES_BY_USER).map_err(storage)?;
-                    let lo = (user_id.as_str(), "");
-                    let hi = (user_id.as_str(), ID_MAX);
-                    let total = index.range(lo..=hi).map_err(storage)?.count() as u64;
-                    let range = index.range(lo..=hi).map_err(storage)?;
-                    (total, page_ids(range, page, |k| k.1.to_string())?)
-                }
-                DispatchScope::Webhook(webhook_id) => {
-                    // The folded ones from the index, merged with those not yet folded.
-                    let index = rtx.open_table(DISPATCHES_BY_WEBHOOK).map_err(storage)?;
-                    let lo = (webhook_id.as_str(), "");
-                    let hi = (webhook_id.as_str(), ID_MAX);
-                    let mut tail = waiting.ids(webhook_id).to_vec();
-                    tail.sort();
-                    let folded = index.range(lo..=hi).map_err(storage)?.count() as u64;
-                    let range = index.range(lo..=hi).map_err(storage)?;
-                    (folded + tail.len() as u64, merged_page_ids(range, tail, page)?)
-                }
-            };
+            let (total, ids) =
+                super::filtered::filtered_page(rtx, waiting, &user_id, &scope, filter, page)?;
             let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
             let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
             let mut items = Vec::with_capacity(ids.len());
@@ -418,48 +396,4 @@ impl WebhookTables {
         })?;
         Ok(Some((w, stats)))
     }
-}
-
-/// One page of the ids of an index range merged with `tail` (sorted, disjoint from it).
-pub(super) fn merged_page_ids(
-    range: redb::Range<'_, (&'static str, &'static str), ()>,
-    tail: Vec<String>,
-    page: PageRequest,
-) -> Result<Vec<String>, StoreError> {
-    let offset = usize::try_from(page.offset).unwrap_or(usize::MAX);
-    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
-    let ids = range.map(|e| e.map(|(k, _)| k.value().1.to_string()).map_err(storage));
-    let mut out = Vec::new();
-    if page.desc {
-        let merged = merge_sorted(ids.rev(), tail.into_iter().rev(), |a, b| a > b);
-        for id in merged.skip(offset).take(limit) {
-            out.push(id?);
-        }
-    } else {
-        let merged = merge_sorted(ids, tail.into_iter(), |a, b| a < b);
-        for id in merged.skip(offset).take(limit) {
-            out.push(id?);
-        }
-    }
-    Ok(out)
-}
-
-/// Two sequences, each ordered by `first`, merged into one.
-fn merge_sorted<A, B>(
-    a: A,
-    b: B,
-    first: impl Fn(&str, &str) -> bool,
-) -> impl Iterator<Item = Result<String, StoreError>>
-where
-    A: Iterator<Item = Result<String, StoreError>>,
-    B: Iterator<Item = String>,
-{
-    let mut a = a.peekable();
-    let mut b = b.peekable();
-    std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(Ok(x)), Some(y)) if !first(x, y) => b.next().map(Ok),
-        (Some(_), _) => a.next(),
-        (None, Some(_)) => b.next().map(Ok),
-        (None, None) => None,
-    })
 }

@@ -128,6 +128,9 @@ struct StatsV1 {
     last_id: Option<String>,
     last_status: Option<String>,
     last_finished_ms: Option<u64>,
+    /// (status code, event type code, keys) of the webhook's status index (schema 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    listed: Vec<(u8, u8, u64)>,
 }
 
 /// A webhook's folded stats: how many dispatches, and the id of the latest one (whose state
@@ -139,6 +142,36 @@ pub struct StatsState {
     /// The end of the latest dispatch, copied here only when retention deleted that dispatch
     /// (its state is then gone): status and finish time.
     pub last_ended: Option<(DispatchStatus, Option<u64>)>,
+    /// How many keys the webhook's status index holds per (status, event type) code, the
+    /// nonzero ones in order: the exact totals of its lists. Kept here, not in a table of its
+    /// own, because the fold writes this record anyway: a separate count would be one more
+    /// random leaf per webhook.
+    pub listed: Vec<(u8, u8, u64)>,
+}
+
+impl StatsState {
+    /// The keys listed under (status, event type).
+    pub fn listed(&self, status: u8, event_type: u8) -> u64 {
+        self.listed.iter().find(|(s, t, _)| (*s, *t) == (status, event_type)).map_or(0, |l| l.2)
+    }
+
+    /// Counts `delta` more keys under (status, event type); `Err` if that goes below zero.
+    pub fn add_listed(&mut self, status: u8, event_type: u8, delta: i64) -> Result<(), StoreError> {
+        let at = self.listed.binary_search_by(|(s, t, _)| (*s, *t).cmp(&(status, event_type)));
+        let was = at.map_or(0, |i| self.listed[i].2);
+        let now = was.checked_add_signed(delta).ok_or_else(|| {
+            StoreError::Corrupt(format!("webhook count ({status}, {event_type}) {was} {delta:+}"))
+        })?;
+        match (at, now) {
+            (Ok(i), 0) => {
+                self.listed.remove(i);
+            }
+            (Ok(i), n) => self.listed[i].2 = n,
+            (Err(_), 0) => {}
+            (Err(i), n) => self.listed.insert(i, (status, event_type, n)),
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -219,6 +252,7 @@ pub fn encode_stats(s: &StatsState) -> Result<Vec<u8>, StoreError> {
         last_id: s.last_id.clone(),
         last_status: s.last_ended.map(|(status, _)| status.as_str().to_string()),
         last_finished_ms: s.last_ended.and_then(|(_, ms)| ms),
+        listed: s.listed.clone(),
     };
     encode_v1(&rec)
 }
@@ -233,14 +267,15 @@ fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
 }
 
 pub fn decode_stats(bytes: &[u8]) -> Result<StatsState, StoreError> {
-    let StatsV1 { total, last_id, last_status, last_finished_ms } = decode_v1("stats", bytes)?;
+    let StatsV1 { total, last_id, last_status, last_finished_ms, listed } =
+        decode_v1("stats", bytes)?;
     // Before schema 5 these fields were always empty (or, in older files, a copy of the
     // latest state, which that state itself supersedes while it exists).
     let last_ended = match last_status {
         Some(s) => Some((status_of(&s)?, last_finished_ms)),
         None => None,
     };
-    Ok(StatsState { total, last_id, last_ended })
+    Ok(StatsState { total, last_id, last_ended, listed })
 }
 
 /// The part of a dispatch that never changes: written once, when it is made.
@@ -405,24 +440,29 @@ pub fn decode_dispatch_state(bytes: &[u8]) -> Result<DispatchState, StoreError> 
     })
 }
 
-/// A state record's status and event type alone (`None` for a record older than schema 8):
-/// the rest is skipped, not built, so the mirror of waiting dispatches loads fast at open.
-pub fn decode_state_key(bytes: &[u8]) -> Result<Option<(DispatchStatus, EventType)>, StoreError> {
+/// A state record's status, owner and event type alone (`None` for a record older than
+/// schema 8): the rest is skipped, not built, so the mirror of waiting dispatches loads fast
+/// at open.
+pub fn decode_state_key(
+    bytes: &[u8],
+) -> Result<Option<(DispatchStatus, String, EventType)>, StoreError> {
     #[derive(Deserialize)]
     struct KeyOnly<'a> {
         #[serde(borrow)]
         status: std::borrow::Cow<'a, str>,
         #[serde(default)]
+        user_id: Option<String>,
+        #[serde(default)]
         event_type: Option<u8>,
     }
     let r: KeyOnly<'_> = decode_v1("dispatch state", bytes)?;
     let status = status_of(&r.status)?;
-    match r.event_type {
-        Some(code) => match event_of_code(code) {
-            Some(t) => Ok(Some((status, t))),
+    match (r.user_id, r.event_type) {
+        (Some(user), Some(code)) => match event_of_code(code) {
+            Some(t) => Ok(Some((status, user, t))),
             None => Err(StoreError::Corrupt(format!("dispatch event type code {code}"))),
         },
-        None => Ok(None),
+        _ => Ok(None),
     }
 }
 

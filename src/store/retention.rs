@@ -156,7 +156,7 @@ impl Retention {
             .tail
             .least_id()
             .into_iter()
-            .chain(b.new_pending.iter().map(|(_, d)| d.as_str()))
+            .chain(b.new_pending.iter().map(|(_, d, _)| d.as_str()))
             .min()
             .map(str::to_string);
         // (listed end time, id) of each dispatch taken; the groups taken whole; the group
@@ -317,14 +317,7 @@ fn delete_dispatch(b: &mut Batch<'_, '_>, listed_ms: u64, id: &str) -> Result<bo
     }
     b.dispatch_states.remove(id).map_err(storage)?;
     b.index_deleted(id, &state)?;
-    let user = match b.dispatches.remove(id).map_err(storage)? {
-        Some(v) => Some(records::dispatch_user(v.value())?),
-        None => None,
-    };
-    if let Some(user) = user {
-        b.dispatches_by_user.remove((user.as_str(), id)).map_err(storage)?;
-    }
-    b.dispatches_by_webhook.remove((state.webhook_id.as_str(), id)).map_err(storage)?;
+    b.dispatches.remove(id).map_err(storage)?;
     if let Some((stats, changed)) = b.stats(&state.webhook_id)?
         && stats.last_id.as_deref() == Some(id)
     {

@@ -52,18 +52,19 @@ pub const EVENT_IDEM: TableDefinition<(&str, &str), &[u8]> = TableDefinition::ne
 pub const DISPATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("dispatches");
 /// dispatch id -> versioned state record (status, calls, next due time): rewritten per call.
 pub const DISPATCH_STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("dispatch_states");
-/// (user, dispatch id) -> ().
-pub const DISPATCHES_BY_USER: TableDefinition<(&str, &str), ()> =
+/// Schemas 4 to 7: (user, dispatch id) -> (). Read and dropped by the migration to 8.
+pub const DISPATCHES_BY_USER_V7: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("dispatches_by_user");
-/// (webhook id, dispatch id) -> ().
-pub const DISPATCHES_BY_WEBHOOK: TableDefinition<(&str, &str), ()> =
+/// Schemas 4 to 7: (webhook id, dispatch id) -> (), the folded ones. Read and dropped by the
+/// migration to 8.
+pub const DISPATCHES_BY_WEBHOOK_V7: TableDefinition<(&str, &str), ()> =
     TableDefinition::new("dispatches_by_webhook");
 /// The outbox: (target, due_ms, dispatch id) -> (). A dispatch has exactly one key here while
 /// it is ACTIVE. Partitioned by target (`scheme://host:port`) so the scheduler takes due work
 /// per target, within each target's in-flight bound.
 pub const OUTBOX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("outbox");
 /// Commit sequence number -> (webhook id, dispatch id): dispatches not yet folded into
-/// `webhook_stats` and `dispatches_by_webhook` (pending.rs). Appended by the ingest commit,
+/// `webhook_stats` and the status indexes (pending.rs). Appended by the ingest commit,
 /// emptied by the folding commit.
 pub const WEBHOOK_PENDING: TableDefinition<u64, (&str, &str)> =
     TableDefinition::new("webhook_pending");
@@ -90,24 +91,21 @@ pub const WEBHOOK_SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// dispatches under way (redelivery.rs), at most one per webhook. (Added in schema 7's
 /// lifetime; created at open when missing.)
 pub const REDELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("redeliveries");
-/// (user, status, event type, dispatch id) -> (): the user's dispatches by status and type, for
-/// the filtered lists; a dispatch's key moves in the transaction that changes its status.
-/// (Schema 8.)
+/// (user, status, event type, dispatch id) -> (): the user's dispatches by status and type (a
+/// list page merges the ranges it keeps); a dispatch's key moves in the transaction that
+/// changes its status. (Schema 8.)
 pub const DISPATCHES_BY_USER_STATUS: TableDefinition<(&str, u8, u8, &str), ()> =
     TableDefinition::new("dispatches_by_user_status");
 /// (webhook id, status, event type, dispatch id) -> (): the folded dispatches of a webhook by
-/// status and type (like `dispatches_by_webhook`, a new one is listed by the fold; a listed
-/// one's key moves in the transaction that changes its status). (Schema 8.)
+/// status and type (a new one is listed by the fold, pending.rs; a listed one's key moves in
+/// the transaction that changes its status; a deleted webhook's stay until its sweep). (Schema 8.)
 pub const DISPATCHES_BY_WEBHOOK_STATUS: TableDefinition<(&str, u8, u8, &str), ()> =
     TableDefinition::new("dispatches_by_webhook_status");
-/// (scope, owner, status, event type) -> how many keys the status index of that scope holds
-/// under (owner, status, event type): the exact `total` of a filtered list without counting
-/// it. Scope `SCOPE_USER` counts `dispatches_by_user_status`, `SCOPE_WEBHOOK`
-/// `dispatches_by_webhook_status`. (Schema 8.)
-pub const DISPATCH_COUNTS: TableDefinition<(u8, &str, u8, u8), u64> =
+/// (user, status, event type) -> how many keys `dispatches_by_user_status` holds under it: the
+/// exact `total` of a list without counting it. (A webhook's are in its stats record.)
+/// (Schema 8.)
+pub const DISPATCH_COUNTS: TableDefinition<(&str, u8, u8), u64> =
     TableDefinition::new("dispatch_counts");
-pub const SCOPE_USER: u8 = 0;
-pub const SCOPE_WEBHOOK: u8 = 1;
 
 /// Every event type in code order (a code is its position). The codes are in the file: this
 /// list is spelled out here, apart from the model's, so that no change there changes them.

@@ -310,9 +310,9 @@ fn commit_batch(
         if folding {
             mirror.clear();
         } else {
-            for (w, d) in new_pending {
+            for (w, d, u) in new_pending {
                 let key = waiting_keys.get(&d).copied().flatten();
-                mirror.add(w, d, key);
+                mirror.add(w, u, d, key);
             }
             for (d, key) in &waiting_keys {
                 mirror.set_key(d, *key);

@@ -101,6 +101,8 @@ struct Sim {
     retained_before_ms: u64,
     /// Steps taken so far.
     steps: u64,
+    /// Webhooks deleted: their lists must stay empty.
+    deleted: Vec<Webhook>,
 }
 
 impl Sim {
@@ -356,10 +358,15 @@ impl Sim {
         }
         ended.sort();
         let id = ended[self.rng.below(ended.len() as u64) as usize].clone();
-        let user = {
-            let w = &self.known[&id].webhook_id;
-            self.webhooks.iter().find(|x| &x.id == w).map(|x| x.user_id.clone()).expect("webhook")
-        };
+        let w = &self.known[&id].webhook_id;
+        let deleted = self.deleted.iter().any(|x| &x.id == w);
+        let user = self
+            .webhooks
+            .iter()
+            .chain(&self.deleted)
+            .find(|x| &x.id == w)
+            .map(|x| x.user_id.clone())
+            .expect("webhook");
         match self.store().redeliver(user, id.clone(), self.now_ms).await {
             Ok(()) => {
                 let now = self.now_ms;
@@ -370,6 +377,8 @@ impl Sim {
             }
             Err(hookd::store::StoreError::NotFound)
                 if self.known[&id].ended_ms < self.retained_before_ms => {}
+            // Its webhook is deleted: it is not delivered again.
+            Err(hookd::store::StoreError::Refused(_)) if deleted => {}
             Err(e) => self.fail(format!("redeliver {id}: {e}")),
         }
     }
@@ -506,13 +515,37 @@ impl Sim {
         }
     }
 
+    /// Deletes a webhook none of whose calls is in flight: its ACTIVE dispatches end FAILED
+    /// with one more call ("Webhook was removed."); they all stay on their user's lists.
+    async fn delete_one(&mut self) {
+        let i = self.rng.below(self.webhooks.len() as u64) as usize;
+        let w = self.webhooks[i].clone();
+        if self.webhooks.len() == 1 || self.pending.iter().any(|(_, d)| d.webhook_id == w.id) {
+            return;
+        }
+        if let Err(e) =
+            self.store().delete_webhook(w.user_id.clone(), w.id.clone(), self.now_ms).await
+        {
+            self.fail(format!("delete_webhook {}: {e}", w.id));
+        }
+        let now = self.now_ms;
+        for k in self.known.values_mut().filter(|k| k.webhook_id == w.id && k.ended.is_none()) {
+            k.ended = Some(DispatchStatus::Failed);
+            k.ended_ms = now;
+            k.calls += 1;
+        }
+        self.webhooks.remove(i);
+        self.deleted.push(w);
+        self.webhooks_changed = true;
+    }
+
     /// Every filtered list (per user and per webhook, by status and by event type) lists
     /// exactly the stored dispatches that match, in order, with the exact total; a page from
     /// the middle, newest first, is the same slice of them.
     async fn check_filters(&self, stored: &HashMap<String, Dispatch>) {
         let mut scopes: Vec<(String, DispatchScope)> =
             ["u", "v"].iter().map(|u| (u.to_string(), DispatchScope::User)).collect();
-        for w in &self.webhooks {
+        for w in self.webhooks.iter().chain(&self.deleted) {
             scopes.push((w.user_id.clone(), DispatchScope::Webhook(w.id.clone())));
         }
         let mut filters: Vec<DispatchFilter> =
@@ -531,7 +564,10 @@ impl Sim {
                     .values()
                     .filter(|d| &d.user_id == user)
                     .filter(|d| match scope {
-                        DispatchScope::Webhook(w) => &d.webhook_id == w,
+                        // A deleted webhook's list is empty (the API answers 404 for it).
+                        DispatchScope::Webhook(w) => {
+                            &d.webhook_id == w && !self.deleted.iter().any(|x| &x.id == w)
+                        }
                         DispatchScope::User => true,
                     })
                     .filter(|d| filter.status.is_none_or(|s| d.status == s))
@@ -674,6 +710,7 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
         retained_before_ms: 0,
         disabled: HashSet::new(),
         steps: 0,
+        deleted: Vec::new(),
     };
     let steps = 20 + sim.rng.below(40);
     for _ in 0..steps {
@@ -684,7 +721,8 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
             43..44 => sim.toggle().await,
             44..45 => sim.redeliver().await,
             45..46 => sim.redeliver_all().await,
-            46..65 => sim.pass().await,
+            46..47 => sim.delete_one().await,
+            47..65 => sim.pass().await,
             65..90 => sim.complete_one(false).await,
             90..95 => sim.exchange_one(),
             _ => sim.crash().await,
@@ -726,6 +764,8 @@ async fn run_seed(seed: u64, base: &Path) -> (usize, usize) {
     if left != 0 {
         sim.fail(format!("{left} ended dispatches outlived the retention window"));
     }
+    // And no list keeps a key or a count of them.
+    sim.check_filters(&HashMap::new()).await;
     if let Some(w) = sim.writer.take() {
         w.close().await;
     }
