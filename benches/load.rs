@@ -626,6 +626,19 @@ async fn backlog(s: Sizes) -> Row {
     let pending = ok * batch;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_pending_mb = d.status_kb("VmRSS") as f64 / 1024.0;
+    // The dispatch lists with the whole backlog stored: a page and its exact total come from
+    // the status indexes, whatever the history.
+    let c = client(1);
+    let mut lists = Vec::new();
+    for (what, path) in [
+        ("FAILED (none)", "/v2/webhook-dispatches?status=FAILED"),
+        ("latest 100 ACTIVE", "/v2/webhook-dispatches?status=ACTIVE&desc=1&limit=100"),
+        ("first 100", "/v2/webhook-dispatches?limit=100"),
+    ] {
+        let t = Instant::now();
+        assert_eq!(send(&c, d.addr, "GET", path, String::new()).await, 200, "{path}");
+        lists.push(format!("{what} {:.1} ms", t.elapsed().as_secs_f64() * 1000.0));
+    }
     // The receiver is up before the new daemon starts: its first calls go out at once, and a
     // call that reached a receiver still down would hang until its 10-minute timeout.
     let ready = d.kill9_and_restart(|| sink.up.store(true, Ordering::Relaxed));
@@ -640,7 +653,8 @@ async fn backlog(s: Sizes) -> Row {
     row.p99_ms = f64::NAN;
     row.max_ms = f64::NAN;
     row.note = format!(
-        "{pending} pending: RSS {rss_pending_mb:.1} MB; kill -9, start to ready {:.0} ms; drain {}; then SIGTERM, start to ready {:.0} ms; kill -9, start on a copy (verified) {:.0} ms",
+        "{pending} pending: RSS {rss_pending_mb:.1} MB; lists {}; kill -9, start to ready {:.0} ms; drain {}; then SIGTERM, start to ready {:.0} ms; kill -9, start on a copy (verified) {:.0} ms",
+        lists.join(", "),
         ready.as_secs_f64() * 1000.0,
         drain_s.map_or("did not finish".into(), |s| format!("{:.0}/s", pending as f64 / s)),
         clean_ready.as_secs_f64() * 1000.0,

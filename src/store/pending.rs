@@ -48,9 +48,9 @@ impl PendingInner {
         self.entries.get(dispatch_id).map(|(_, key)| *key)
     }
 
-    /// The owner of a waiting dispatch.
-    pub(crate) fn user_of(&self, dispatch_id: &str) -> Option<&str> {
-        self.entries.get(dispatch_id).map(|(user, _)| user.as_str())
+    /// The owner and key of a waiting dispatch.
+    pub(crate) fn entry(&self, dispatch_id: &str) -> Option<(&str, WaitingKey)> {
+        self.entries.get(dispatch_id).map(|(user, key)| (user.as_str(), *key))
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -1,6 +1,6 @@
 //! The status indexes behind the dispatch lists (schema 8): every dispatch is listed under
-//! (user, status, event type) and under (webhook, status, event type), with a count per key in
-//! `dispatch_counts` for exact totals.
+//! (user, status, event type) and under (webhook, status, event type), with a count per key
+//! for exact totals (a user's in `dispatch_counts`, a webhook's in its stats record).
 //!
 //! Both are folded (pending.rs): a new dispatch waits in `webhook_pending` and the mirror, its
 //! status changes are followed there (its `WaitingKey`), and the fold lists it under the
@@ -98,22 +98,27 @@ impl Batch<'_, '_> {
         listed: bool,
         users: &std::collections::HashMap<&str, &str>,
     ) -> Result<(), StoreError> {
-        let waiting = self.waiting_keys.get(dispatch_id).copied().or(self.tail.key(dispatch_id));
-        let user = self.tail.user_of(dispatch_id).or(users.get(dispatch_id).copied());
+        // The mirror outlives this batch: what it lends is not a borrow of `self`.
+        let tail = self.tail;
+        let (tail_user, tail_key) = tail.entry(dispatch_id).unzip();
+        let waiting = self.waiting_keys.get(dispatch_id).copied().or(tail_key);
+        let user = tail_user.or_else(|| users.get(dispatch_id).copied());
+        let loaded: String;
         let (key, user) = match (waiting, user) {
-            (Some(key), Some(user)) => (key, user.to_string()),
+            (Some(key), Some(user)) => (key, user),
             // Not in the mirror (it should be): its state says.
             _ => match self.load_state(dispatch_id)? {
                 Some(s) => {
                     let (user, t) = owner(dispatch_id, &s)?;
-                    (Some((status_code(s.status), event_code(t))), user.to_string())
+                    loaded = user.to_string();
+                    (Some((status_code(s.status), event_code(t))), loaded.as_str())
                 }
-                None => (None, String::new()),
+                None => (None, ""),
             },
         };
         let Some((st, et)) = key else { return Ok(()) };
-        self.by_user_status.insert((user.as_str(), st, et, dispatch_id), ()).map_err(storage)?;
-        self.count_user(&user, st, et, 1);
+        self.by_user_status.insert((user, st, et, dispatch_id), ()).map_err(storage)?;
+        self.count_user(user, st, et, 1);
         if listed {
             self.by_webhook_status
                 .insert((webhook_id, st, et, dispatch_id), ())
