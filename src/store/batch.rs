@@ -210,6 +210,7 @@ impl<'t, 'p> Batch<'t, 'p> {
         let new_pending = std::mem::take(&mut self.new_pending);
         let users: HashMap<&str, &str> =
             new_pending.iter().map(|(_, d, u)| (d.as_str(), u.as_str())).collect();
+        let mut user_keys = Vec::with_capacity(rows.len());
         for (w, d) in rows {
             let listed = match self.stats(&w)? {
                 Some((s, changed)) => {
@@ -222,9 +223,10 @@ impl<'t, 'p> Batch<'t, 'p> {
                 // A deleted webhook still being swept: list it where the sweep looks.
                 None => self.webhook_sweeps.get(w.as_str()).map_err(storage)?.is_some(),
             };
-            self.index_folded(&w, &d, listed, &users)?;
+            self.index_folded(&w, &d, listed, &users, &mut user_keys)?;
         }
         drop(users);
+        self.index_folded_users(user_keys)?;
         self.new_pending = new_pending;
         self.webhook_pending.retain(|_, _| false).map_err(storage)?;
         Ok(())

@@ -88,15 +88,18 @@ impl Batch<'_, '_> {
         Ok(())
     }
 
-    /// The fold lists a waiting dispatch under its user, and under its webhook if `listed`
-    /// (the webhook exists, or its sweep is on), with the key it has now. `users` holds the
-    /// owners of this group's new dispatches.
+    /// The fold lists a waiting dispatch under its webhook if `listed` (the webhook exists, or
+    /// its sweep is on), with the key it has now, and adds its user key to `user_keys`, which
+    /// `index_folded_users` inserts in key order (in the fold's webhook order they would land
+    /// all over the user's ranges, splitting leaves in the middle). `users` holds the owners of
+    /// this group's new dispatches.
     pub(super) fn index_folded(
         &mut self,
         webhook_id: &str,
         dispatch_id: &str,
         listed: bool,
         users: &std::collections::HashMap<&str, &str>,
+        user_keys: &mut Vec<(String, u8, u8, String)>,
     ) -> Result<(), StoreError> {
         // The mirror outlives this batch: what it lends is not a borrow of `self`.
         let tail = self.tail;
@@ -117,13 +120,27 @@ impl Batch<'_, '_> {
             },
         };
         let Some((st, et)) = key else { return Ok(()) };
-        self.by_user_status.insert((user, st, et, dispatch_id), ()).map_err(storage)?;
-        self.count_user(user, st, et, 1);
+        user_keys.push((user.to_string(), st, et, dispatch_id.to_string()));
         if listed {
             self.by_webhook_status
                 .insert((webhook_id, st, et, dispatch_id), ())
                 .map_err(storage)?;
             self.count_webhook(webhook_id, st, et, 1)?;
+        }
+        Ok(())
+    }
+
+    /// The fold's user keys, inserted in key order.
+    pub(super) fn index_folded_users(
+        &mut self,
+        mut user_keys: Vec<(String, u8, u8, String)>,
+    ) -> Result<(), StoreError> {
+        user_keys.sort_unstable();
+        for (user, st, et, id) in &user_keys {
+            self.by_user_status
+                .insert((user.as_str(), *st, *et, id.as_str()), ())
+                .map_err(storage)?;
+            self.count_user(user, *st, *et, 1);
         }
         Ok(())
     }
