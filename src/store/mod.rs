@@ -5,9 +5,9 @@
 mod backup;
 mod batch;
 mod error;
-mod filtered;
 mod index;
 mod lastrun;
+mod lists;
 mod migrate;
 mod open;
 mod ops;

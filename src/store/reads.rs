@@ -37,8 +37,7 @@ impl Store {
         page: PageRequest,
     ) -> Result<Page<Dispatch>, StoreError> {
         self.read_with_pending(move |rtx, waiting| {
-            let (total, ids) =
-                super::filtered::filtered_page(rtx, waiting, &user_id, &scope, filter, page)?;
+            let (total, ids) = super::lists::page(rtx, waiting, &user_id, &scope, filter, page)?;
             let requests = rtx.open_table(DISPATCHES).map_err(storage)?;
             let states = rtx.open_table(DISPATCH_STATES).map_err(storage)?;
             let mut items = Vec::with_capacity(ids.len());

@@ -106,12 +106,6 @@ pub struct DispatchFilter {
     pub event_type: Option<EventType>,
 }
 
-impl DispatchFilter {
-    pub fn is_all(&self) -> bool {
-        self.status.is_none() && self.event_type.is_none()
-    }
-}
-
 /// What the scheduler asks for in one pass.
 #[derive(Clone, Debug, Default)]
 pub struct DueRequest {

@@ -3,7 +3,9 @@
 //! timeout, 429 with Retry-After) come from the seed, and crashes that drop every in-memory
 //! thing and reopen the file. After every step it checks: no acknowledged dispatch is lost,
 //! none is called after it ended, calls never exceed the schedule, due times never go back,
-//! and a dispatch has exactly one outbox key while ACTIVE and none after.
+//! and a dispatch has exactly one outbox key while ACTIVE and none after; every third step, that
+//! every dispatch list (per user and per webhook, filtered by status and event type) lists
+//! exactly the stored dispatches it should, with its exact total.
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 1000); `SIM_SEED=S` runs only seed S.
 

@@ -14,7 +14,7 @@ type Ids<'a> = Box<dyn Iterator<Item = Result<String, StoreError>> + 'a>;
 
 /// The total and the page's dispatch ids of the user's dispatches in `scope` that `filter`
 /// keeps.
-pub(super) fn filtered_page(
+pub(super) fn page(
     rtx: &ReadTransaction,
     waiting: &PendingInner,
     user_id: &str,
