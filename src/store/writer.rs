@@ -234,7 +234,7 @@ fn commit_batch(
         // crash takes milliseconds instead of a full repair (seconds per GiB). Its cost is
         // one more fsync per group commit, shared by the whole group.
         tx.set_quick_repair(true);
-        let ((new_pending, waiting_keys), deleted, next_seq, folding, user_delta) = {
+        let ((new_pending, mut waiting_keys), deleted, next_seq, folding, user_delta) = {
             let tail = state.pending.read();
             let mut b =
                 Batch::open(&tx, &tail, &state.index, &state.user_webhooks, state.next_seq)?;
@@ -311,11 +311,12 @@ fn commit_batch(
             mirror.clear();
         } else {
             for (w, d, u) in new_pending {
-                let key = waiting_keys.get(&d).copied().flatten();
+                // Taken out, so that only the keys of earlier groups' dispatches are left below.
+                let key = waiting_keys.remove(&d).flatten();
                 mirror.add(w, u, d, key);
             }
-            for (d, key) in &waiting_keys {
-                mirror.set_key(d, *key);
+            for (d, key) in waiting_keys {
+                mirror.set_key(&d, key);
             }
         }
         for w in &deleted {
