@@ -498,7 +498,26 @@ pub struct Dispatch {
     pub calls_before_redelivery: usize,
 }
 
+impl Call {
+    /// The call that ends an ACTIVE dispatch FAILED when its webhook is deleted at `at_ms`.
+    pub fn webhook_removed(at_ms: u64) -> Call {
+        Call {
+            started_ms: at_ms,
+            finished_ms: at_ms,
+            error_message: Some("Webhook was removed.".into()),
+            response_status: None,
+            response_body: None,
+        }
+    }
+}
+
 impl Dispatch {
+    /// Whether storing this dispatch spends its webhook's one firing: an ad-hoc webhook fires
+    /// for one event only (a TEST dispatch does not count).
+    pub fn fires_ad_hoc(&self) -> bool {
+        self.is_ad_hoc && self.event_type != EventType::Test
+    }
+
     /// The outbox partition: scheme, host and port of the target, lowercase.
     pub fn target_key(&self) -> String {
         target_key(&self.request_url)

@@ -401,17 +401,3 @@ impl<'de> Visitor<'de> for Members {
         Ok(out)
     }
 }
-
-/// The `status` of a stored job object, read without parsing the rest into values.
-pub fn stored_status(object_json: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct StatusOnly {
-        #[serde(default)]
-        status: Option<Value>,
-    }
-    let s: StatusOnly = serde_json::from_str(object_json).ok()?;
-    match s.status? {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
-}

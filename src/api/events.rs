@@ -17,7 +17,7 @@ use super::budget::Charge;
 use super::error::ApiError;
 use super::event_input::{
     ID_CHARS_MAX, Incoming, event_data, id_field, invalid, parse_event, parse_job_body,
-    split_events, stored_status, value_bytes_max,
+    split_events, value_bytes_max,
 };
 use super::render::{Compiled, EventParts, Renderer};
 use crate::config::User;
@@ -229,10 +229,10 @@ pub async fn get_job(
     kind: JobKind,
     id: String,
 ) -> Result<Resp, ApiError> {
-    let Some(text) = state.store.get_job(user.id.clone(), kind, id).await? else {
+    let Some(job) = state.store.get_job(user.id.clone(), kind, id).await? else {
         return Err(not_found(kind));
     };
-    Ok(json_text_response(StatusCode::OK, format!("{{\"data\":{text}}}")))
+    Ok(json_text_response(StatusCode::OK, format!("{{\"data\":{}}}", job.object_json)))
 }
 
 /// `PUT /v2/actor-runs/{id}`, `PUT /v2/actor-builds/{id}`: store the job's latest state and
@@ -282,7 +282,7 @@ pub async fn put_job(
     let data_json = event_data(kind, &data);
     for _ in 0..JOB_REPORT_ATTEMPTS_MAX {
         let previous = state.store.get_job(user.id.clone(), kind, id.clone()).await?;
-        let previous_status = previous.as_deref().and_then(stored_status);
+        let previous_status = previous.and_then(|j| j.status);
         let raised = job_transition_events(kind, previous_status.as_deref(), &status)
             .map_err(|e| ApiError::Conflict("invalid-state-transition", e.to_string()))?;
         let now_ms = crate::sys::now_ms();
@@ -305,6 +305,7 @@ pub async fn put_job(
             kind,
             id: id.clone(),
             expected_status: previous_status,
+            status: status.clone(),
             object_json: object.text().to_string(),
         };
         match state.store.ingest(prepared, Some(report)).await {

@@ -8,10 +8,11 @@
 //! (tests/it/sim.rs) drives them with a manual clock. `Dispatcher::run` is the live loop.
 
 pub mod policy;
+mod schedule;
 pub mod sender;
 pub mod signing;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::model::{Dispatch, SigningKeys};
-use crate::store::{DueRequest, Store, StoreError};
+use crate::store::{Store, StoreError};
+pub use schedule::{Pass, Scheduler};
 use sender::{Sender, Sent};
 
 /// The longest the scheduler sleeps without looking at the outbox; a backstop only, since
@@ -28,126 +30,6 @@ use sender::{Sender, Sent};
 const IDLE_POLL_MS: u64 = 1000;
 /// After a failed store read, wait this long before the next pass.
 const READ_ERROR_BACKOFF_MS: u64 = 100;
-
-/// What is in flight, and the choice of what to call next.
-pub struct Scheduler {
-    // Shared with the store's read for the length of a pass (no copy); changed only between
-    // passes, when this is the only reference, so `make_mut` never copies either.
-    in_flight: Arc<HashSet<String>>,
-    per_target: Arc<HashMap<String, usize>>,
-    per_user: Arc<HashMap<String, usize>>,
-    /// Dispatches in flight whose call still holds a slot of its target and of its user:
-    /// dispatch id -> user id.
-    holding: HashMap<String, String>,
-    start_after: Option<String>,
-    inflight_max: usize,
-    per_target_inflight_max: usize,
-    per_user_inflight_max: usize,
-    signing_keys: bool,
-}
-
-/// One pass's work: dispatches to call now (already counted in flight) and the next due time.
-pub struct Pass {
-    pub calls: Vec<(String, Dispatch)>,
-    pub next_due_ms: Option<u64>,
-    /// The signing keys of the calls' webhooks, by webhook id.
-    pub signing: HashMap<String, Arc<SigningKeys>>,
-}
-
-impl Scheduler {
-    pub fn new(
-        inflight_max: usize,
-        per_target_inflight_max: usize,
-        per_user_inflight_max: usize,
-    ) -> Scheduler {
-        Scheduler {
-            in_flight: Arc::new(HashSet::new()),
-            per_target: Arc::new(HashMap::new()),
-            per_user: Arc::new(HashMap::new()),
-            holding: HashMap::new(),
-            start_after: None,
-            inflight_max,
-            per_target_inflight_max,
-            per_user_inflight_max,
-            signing_keys: true,
-        }
-    }
-
-    /// Whether passes read the due webhooks' signing keys (not when calls are not signed).
-    pub fn reading_signing_keys(mut self, read: bool) -> Scheduler {
-        self.signing_keys = read;
-        self
-    }
-
-    /// Takes the dispatches due at `now_ms` that fit the bounds, and marks them in flight.
-    pub async fn take_due(&mut self, store: &Store, now_ms: u64) -> Result<Pass, StoreError> {
-        let free = self.inflight_max.saturating_sub(self.in_flight.len());
-        if free == 0 {
-            return Ok(Pass { calls: Vec::new(), next_due_ms: None, signing: HashMap::new() });
-        }
-        let due = store
-            .due_dispatches(DueRequest {
-                now_ms,
-                in_flight: self.in_flight.clone(),
-                per_target: self.per_target.clone(),
-                per_target_max: self.per_target_inflight_max,
-                per_user: self.per_user.clone(),
-                per_user_max: self.per_user_inflight_max,
-                take_max: free,
-                start_after: self.start_after.clone(),
-                signing_keys: self.signing_keys,
-            })
-            .await?;
-        if let Some((target, _)) = due.dispatches.last() {
-            self.start_after = Some(target.clone());
-        }
-        let in_flight = Arc::make_mut(&mut self.in_flight);
-        let per_target = Arc::make_mut(&mut self.per_target);
-        let per_user = Arc::make_mut(&mut self.per_user);
-        for (target, d) in &due.dispatches {
-            in_flight.insert(d.id.clone());
-            self.holding.insert(d.id.clone(), d.user_id.clone());
-            *per_target.entry(target.clone()).or_default() += 1;
-            *per_user.entry(d.user_id.clone()).or_default() += 1;
-        }
-        Ok(Pass { calls: due.dispatches, next_due_ms: due.next_due_ms, signing: due.signing })
-    }
-
-    /// A call's HTTP exchange ended: its target may take another call, though its outcome is
-    /// not committed yet (the dispatch stays in flight until it is). Once per call at most.
-    pub fn free_target(&mut self, id: &str, target: &str) {
-        let Some(user) = self.holding.remove(id) else {
-            return;
-        };
-        release(Arc::make_mut(&mut self.per_target), target);
-        release(Arc::make_mut(&mut self.per_user), &user);
-    }
-
-    /// A call ended and its outcome is committed (or given up): the dispatch may be taken again.
-    pub fn land(&mut self, id: &str, target: &str) {
-        self.free_target(id, target);
-        Arc::make_mut(&mut self.in_flight).remove(id);
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    /// Calls holding a slot of `user` now.
-    pub fn user_holding(&self, user: &str) -> usize {
-        self.per_user.get(user).copied().unwrap_or(0)
-    }
-}
-
-/// One slot of `key` is free again; a count of zero leaves the map.
-fn release(counts: &mut HashMap<String, usize>, key: &str) {
-    if let Some(n) = counts.get_mut(key) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            counts.remove(key);
-        }
-    }
-}
 
 /// Records the outcome of one call to `d`: the policy decides, the writer commits.
 pub async fn finish(

@@ -1,4 +1,4 @@
-//! The store's error type: what callers can act on, without redb types leaking out.
+//! The store's error type: what callers can act on, whichever backend holds the data.
 
 use crate::model::FieldError;
 
@@ -35,9 +35,4 @@ pub enum StoreError {
     /// A record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
-}
-
-/// Any redb error as a storage error.
-pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Storage(e.into().to_string())
 }

@@ -1,233 +1,171 @@
-//! The store: one redb file (`data_dir/hookd.redb`). Reads run in short read transactions on
-//! the blocking pool; every write goes to the single writer thread (writer.rs) and is answered
-//! only after its group's commit. `redb` is named only under this folder.
+//! The store: every operation hookd needs of its data, with model types in and out, whichever
+//! backend holds the data. `Store` is cheap to clone and sends each call to the backend chosen
+//! at open: `redb/` (one file, a single writer thread). A backend's types and its engine's name
+//! stay in its own folder; the rules (model.rs) and the scheduling (delivery/) stay out of it.
+//!
+//! The contract every backend keeps: a write answers `Ok` only once it is committed; a read
+//! sees every write answered before it began; each ACTIVE dispatch has exactly one outbox entry
+//! and an ended one none; a user's calls never see another user's records.
 
-mod backup;
-mod batch;
 mod error;
 mod index;
-mod lastrun;
-mod lists;
-mod migrate;
-mod open;
-mod ops;
-mod pending;
-mod reads;
-mod records;
-mod redelivery;
-mod retention;
-mod schema;
-mod status_index;
+mod redb;
 mod types;
-mod writer;
 
-/// The schema this hookd writes (older ones are migrated at open).
-pub use schema::SCHEMA_VERSION;
-
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 
-pub use backup::CheckReport;
+// Aliased: inside this module `redb` would be ambiguous with the crate of that name.
+use self::redb as embedded;
+pub use embedded::{CheckReport, PlainFile, SCHEMA_VERSION, check_file};
 pub use error::StoreError;
-use retention::RetentionSignal;
-
-use crate::metrics::Metrics;
-
-/// Targets the oldest-due gauge looks at (one short read per target at each scrape).
-const OLDEST_DUE_TARGETS_MAX: usize = 10_000;
-use error::storage;
-use index::MatchIndex;
-use pending::Pending;
-use schema::*;
-use writer::WriteOp;
-pub use writer::WriterHandle;
-
-use crate::model::{
-    Call, Decision, EventData, EventType, SigningKeys, Webhook, WebhookPatch, WebhookStats,
-};
-
-pub use open::{Storage, check_file};
-use open::{create_private, new_signing_key};
-use reads::webhook_stats;
-pub use redb::StorageBackend;
-pub use redb::backends::FileBackend;
 pub use types::*;
 
-/// Cheap to clone; all clones share the database and the writer.
+use crate::metrics::Metrics;
+use crate::model::{
+    Call, Decision, Dispatch, DispatchStatus, EventData, EventType, JobKind, SigningKeys, Webhook,
+    WebhookPatch, WebhookStats,
+};
+
+/// The bytes under a redb file: the seam where tests put a disk that fails. `PlainFile` is
+/// the real file.
+pub trait FileIo: std::fmt::Debug + Send + Sync + 'static {
+    fn len_bytes(&self) -> std::io::Result<u64>;
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()>;
+    /// New bytes read as zeros.
+    fn set_len(&self, len: u64) -> std::io::Result<()>;
+    fn sync_data(&self) -> std::io::Result<()>;
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
+}
+
+/// Where a redb store lives: its file, or other bytes standing for it (fault injection).
+#[derive(Debug)]
+pub enum Storage {
+    File,
+    Io(Box<dyn FileIo>),
+}
+
+/// Cheap to clone; all clones share the backend (its database and its writer).
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
-    writes: mpsc::Sender<WriteOp>,
-    fatal: Arc<Fatal>,
-    outbox_changed: Arc<Notify>,
-    index: Arc<MatchIndex>,
-    pending: Arc<Pending>,
-    /// Set while deleted webhooks are being swept (so a scheduler pass looks at
-    /// `webhook_sweeps` only then).
-    sweeping: Arc<AtomicBool>,
-    retention: Arc<RetentionSignal>,
-    metrics: Arc<Metrics>,
-    /// The store file, when on a plain file.
-    file: Option<std::path::PathBuf>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redb(embedded::RedbStore),
+}
+
+/// Stops a store's writer: see [`WriterHandle::close`].
+pub struct WriterHandle {
+    inner: WriterInner,
+}
+
+enum WriterInner {
+    Redb(embedded::WriterHandle),
+}
+
+impl WriterHandle {
+    /// Commits what is queued, stops the writer and waits for it.
+    pub async fn close(self) {
+        match self.inner {
+            WriterInner::Redb(w) => w.close().await,
+        }
+    }
+}
+
+/// The call `$call` on whichever backend `$store` has.
+macro_rules! on_backend {
+    ($store:expr, $b:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Redb($b) => $call,
+        }
+    };
 }
 
 impl Store {
-    /// Tells the writer the time for retention (and whether the file is past
-    /// `store_bytes_max`) and wakes it if it is idle. Called about once a second; a full
-    /// queue is fine: the writer is then busy and reads the time in its next group.
-    pub fn retention_tick(&self, now_ms: u64) {
-        self.signal_retention(now_ms);
-        let _ = self.writes.try_send(WriteOp::Tick { reply: None });
+    /// Opens (or creates) the redb store file at `path`, repairing it after a crash, and
+    /// starts its writer.
+    pub fn open(path: &Path, limits: StoreLimits) -> Result<(Store, WriterHandle), StoreError> {
+        Store::open_on(Storage::File, path, limits)
     }
 
-    /// Like [`Store::retention_tick`], and waits for the group that runs the first chunk.
-    /// `true`: retention has more to do (it goes on by itself in the next groups).
-    pub async fn retain(&self, now_ms: u64) -> Result<bool, StoreError> {
-        self.signal_retention(now_ms);
-        self.write(|reply| WriteOp::Tick { reply: Some(reply) }).await
+    /// Like [`Store::open`], on the given storage.
+    pub fn open_on(
+        storage: Storage,
+        path: &Path,
+        limits: StoreLimits,
+    ) -> Result<(Store, WriterHandle), StoreError> {
+        let (store, writer) = embedded::RedbStore::open_on(storage, path, limits)?;
+        Ok((
+            Store { backend: Backend::Redb(store) },
+            WriterHandle { inner: WriterInner::Redb(writer) },
+        ))
     }
 
-    fn signal_retention(&self, now_ms: u64) {
-        self.retention.tick_ms.fetch_max(now_ms, Ordering::AcqRel);
-    }
-
-    /// The store file's length in bytes (`None` on a custom backend).
-    pub fn file_bytes(&self) -> Option<u64> {
-        self.file.as_ref().and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len())
-    }
-
-    /// Writes a consistent copy of the store, as it is now, to a new file at `path` (which must
-    /// not exist); returns the entries copied. Writes go on meanwhile.
-    pub async fn backup(&self, path: std::path::PathBuf) -> Result<u64, StoreError> {
-        self.read(move |rtx| backup::write_backup(rtx, &path)).await
-    }
-
-    /// How many webhooks are stored and how many dispatches are ACTIVE (one outbox key each).
-    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
-        self.read(|rtx| {
-            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?.len().map_err(storage)?;
-            let active = rtx.open_table(OUTBOX).map_err(storage)?.len().map_err(storage)?;
-            Ok((webhooks, active))
-        })
-        .await
-    }
-
-    /// The process's metrics (the writer counts into them).
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-
-    /// Refreshes the gauges the store knows exactly: ACTIVE dispatches (one outbox key
-    /// each), how long the oldest due one has waited, the file size. The oldest due time is
-    /// the least of each target's first key (a skip scan over at most
-    /// `OLDEST_DUE_TARGETS_MAX` targets).
-    pub async fn refresh_gauges(&self, now_ms: u64) -> Result<(), StoreError> {
-        let (active, oldest_due_ms) = self
-            .read(|rtx| {
-                let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
-                let active = outbox.len().map_err(storage)?;
-                let mut oldest: Option<u64> = None;
-                let mut after: Option<String> = None;
-                for _ in 0..OLDEST_DUE_TARGETS_MAX {
-                    let first = match &after {
-                        None => outbox.iter().map_err(storage)?.next(),
-                        // Past every key of target t: the first key of the next target.
-                        Some(t) => {
-                            outbox.range((t.as_str(), u64::MAX, ID_MAX)..).map_err(storage)?.next()
-                        }
-                    };
-                    let Some(entry) = first else { break };
-                    let (k, _) = entry.map_err(storage)?;
-                    let (target, due, _) = k.value();
-                    oldest = Some(oldest.map_or(due, |o| o.min(due)));
-                    after = Some(target.to_string());
-                }
-                Ok((active, oldest))
-            })
-            .await?;
-        let m = &self.metrics;
-        m.dispatches_active.set(i64::try_from(active).unwrap_or(i64::MAX));
-        let late_ms = oldest_due_ms.map_or(0, |due| now_ms.saturating_sub(due));
-        m.oldest_due_age_seconds.set(late_ms as f64 / 1000.0);
-        if let Some(len) = self.file_bytes() {
-            m.store_file_bytes.set(i64::try_from(len).unwrap_or(i64::MAX));
-        }
-        Ok(())
-    }
-
-    /// Notified after every commit that added outbox keys.
-    pub fn outbox_changed(&self) -> Arc<Notify> {
-        self.outbox_changed.clone()
-    }
-
-    pub fn fatal(&self) -> Arc<Fatal> {
-        self.fatal.clone()
-    }
-
-    async fn write<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
-    ) -> Result<T, StoreError> {
-        if self.fatal.is_failed() {
-            return Err(StoreError::Failed(self.fatal.message()));
-        }
-        let (reply, answer) = oneshot::channel();
-        self.writes.try_send(make(reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Busy,
-            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
-        })?;
-        // A dropped reply means the writer stopped before committing this op.
-        answer.await.unwrap_or_else(|_| {
-            Err(if self.fatal.is_failed() {
-                StoreError::Failed(self.fatal.message())
-            } else {
-                StoreError::Unavailable
-            })
-        })
-    }
-
-    /// Stores a new webhook, or returns the one an earlier create with the same key made.
-    /// Refused with `TooManyWebhooks` when the user already has `webhooks_max` (checked in
-    /// the writer's transaction, so racing creates cannot pass it).
+    /// Stores a new webhook (with a new signing key), or returns the one an earlier create
+    /// with the same `idempotencyKey` made. `TooManyWebhooks` when the user already has
+    /// `webhooks_max`, checked in the create's transaction so racing creates cannot pass it.
     pub async fn create_webhook(
         &self,
         webhook: Webhook,
         webhooks_max: usize,
     ) -> Result<Created, StoreError> {
         let signing_key = new_signing_key()?;
-        self.write(|reply| WriteOp::CreateWebhook { webhook, signing_key, webhooks_max, reply })
-            .await
+        on_backend!(self, b => b.create_webhook(webhook, signing_key, webhooks_max).await)
     }
 
-    /// Makes the user's ended dispatch ACTIVE again, due at `now_ms`, with its retry schedule
-    /// restarted. `NotFound` unless the user has it; `Refused` while it is ACTIVE or once its
-    /// webhook is deleted.
-    pub async fn redeliver(
+    /// Applies `patch` to the user's webhook (rules: `Webhook::patched`).
+    pub async fn update_webhook(
         &self,
         user_id: String,
-        dispatch_id: String,
+        id: String,
+        patch: WebhookPatch,
+        now_ms: u64,
+    ) -> Result<(Webhook, WebhookStats), StoreError> {
+        on_backend!(self, b => b.update_webhook(user_id, id, patch, now_ms).await)
+    }
+
+    /// Deletes the webhook; its ACTIVE dispatches end FAILED (`model::webhook_removed_call`).
+    pub async fn delete_webhook(
+        &self,
+        user_id: String,
+        id: String,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.write(|reply| WriteOp::Redeliver { user_id, dispatch_id, now_ms, reply }).await
+        on_backend!(self, b => b.delete_webhook(user_id, id, now_ms).await)
     }
 
-    /// Makes the webhook's dispatches in `status` that were created from `since_ms` to
-    /// `until_ms` ACTIVE again, in chunks over later group commits; answers how many once the
-    /// last chunk is committed. `NotFound` if the user has no such webhook; `Refused` while an
-    /// earlier one for the webhook runs.
-    pub async fn redeliver_all(
+    /// The user's webhook `id`; another user's webhook is `None` too.
+    pub async fn get_webhook(
         &self,
         user_id: String,
-        webhook_id: String,
-        status: crate::model::DispatchStatus,
-        window: (u64, u64),
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
-        let job = redelivery::Redelivery::new(user_id, webhook_id, status, window, now_ms);
-        self.write(|reply| WriteOp::RedeliverAll { job, reply }).await
+        id: String,
+    ) -> Result<Option<(Webhook, WebhookStats)>, StoreError> {
+        on_backend!(self, b => b.get_webhook(user_id, id).await)
+    }
+
+    /// A page of the user's webhooks in `createdAt` order, with the exact total.
+    pub async fn list_webhooks(
+        &self,
+        user_id: String,
+        scope: WebhookScope,
+        page: PageRequest,
+    ) -> Result<Page<(Webhook, WebhookStats)>, StoreError> {
+        on_backend!(self, b => b.list_webhooks(user_id, scope, page).await)
+    }
+
+    /// For each (event type, data), the user's webhooks it fires, oldest first; `None` past
+    /// `total_max` matches. From memory: no read.
+    pub fn match_webhooks(
+        &self,
+        user_id: &str,
+        events: &[(EventType, EventData)],
+        total_max: usize,
+    ) -> Option<Vec<Vec<Arc<Webhook>>>> {
+        on_backend!(self, b => b.match_webhooks(user_id, events, total_max))
     }
 
     /// The webhook's signing keys, if the user has that webhook.
@@ -236,20 +174,7 @@ impl Store {
         user_id: String,
         id: String,
     ) -> Result<Option<SigningKeys>, StoreError> {
-        self.read(move |rtx| {
-            let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
-            let owned = match webhooks.get(id.as_str()).map_err(storage)? {
-                Some(bytes) => records::decode_webhook(bytes.value())?.user_id == user_id,
-                None => false,
-            };
-            if !owned {
-                return Ok(None);
-            }
-            let secrets = rtx.open_table(WEBHOOK_SECRETS).map_err(storage)?;
-            let got = secrets.get(id.as_str()).map_err(storage)?;
-            got.map(|v| records::decode_signing_keys(v.value())).transpose()
-        })
-        .await
+        on_backend!(self, b => b.signing_keys(user_id, id).await)
     }
 
     /// Makes `key` (or a new random one) the webhook's current signing key; the one before
@@ -266,59 +191,55 @@ impl Store {
             Some(k) => k,
             None => new_signing_key()?,
         };
-        self.write(|reply| WriteOp::RotateSigningKey {
-            user_id,
-            id,
-            key,
-            now_ms,
-            overlap_ms,
-            reply,
-        })
-        .await
+        on_backend!(self, b => b.rotate_signing_key(user_id, id, key, now_ms, overlap_ms).await)
     }
 
-    pub async fn update_webhook(
-        &self,
-        user_id: String,
-        id: String,
-        patch: WebhookPatch,
-        now_ms: u64,
-    ) -> Result<(Webhook, WebhookStats), StoreError> {
-        self.write(|reply| WriteOp::UpdateWebhook { user_id, id, patch, now_ms, reply }).await
-    }
-
-    /// Deletes the webhook; its ACTIVE dispatches end FAILED ("Webhook was removed.").
-    pub async fn delete_webhook(
-        &self,
-        user_id: String,
-        id: String,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.write(|reply| WriteOp::DeleteWebhook { user_id, id, now_ms, reply }).await
-    }
-
-    /// Stores events and their dispatches (and a job report) in one transaction.
-    /// With a job report whose status moved meanwhile: `Conflict`, nothing written.
+    /// Stores events with their dispatches and outbox entries (and a job report) in one
+    /// transaction. A job report whose status moved meanwhile: `Conflict`, nothing written.
     pub async fn ingest(
         &self,
         events: Vec<NewEvent>,
         job: Option<JobReport>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
-        // Encoding here, on the caller's task, keeps it off the single writer thread.
-        let mut encoded = Vec::with_capacity(events.len());
-        for event in events {
-            let mut dispatches = Vec::with_capacity(event.dispatches.len());
-            for d in &event.dispatches {
-                let state = records::state_of(d);
-                dispatches.push(writer::EncodedDispatch {
-                    request: records::encode_dispatch_request(d)?,
-                    state: records::encode_dispatch_state(&state)?,
-                    target: state.target,
-                });
-            }
-            encoded.push(writer::EncodedEvent { event, dispatches });
-        }
-        self.write(|reply| WriteOp::Ingest { events: encoded, job, reply }).await
+        on_backend!(self, b => b.ingest(events, job).await)
+    }
+
+    /// The latest reported run or build object, as stored.
+    pub async fn get_job(
+        &self,
+        user_id: String,
+        kind: JobKind,
+        id: String,
+    ) -> Result<Option<StoredJob>, StoreError> {
+        on_backend!(self, b => b.get_job(user_id, kind, id).await)
+    }
+
+    /// The user's dispatch `id`.
+    pub async fn get_dispatch(
+        &self,
+        user_id: String,
+        id: String,
+    ) -> Result<Option<Dispatch>, StoreError> {
+        on_backend!(self, b => b.get_dispatch(user_id, id).await)
+    }
+
+    /// A page of the user's dispatches (all, or one webhook's; those `filter` keeps) in
+    /// `createdAt` order, with the exact total.
+    pub async fn list_dispatches(
+        &self,
+        user_id: String,
+        scope: DispatchScope,
+        filter: DispatchFilter,
+        page: PageRequest,
+    ) -> Result<Page<Dispatch>, StoreError> {
+        on_backend!(self, b => b.list_dispatches(user_id, scope, filter, page).await)
+    }
+
+    /// One scheduler pass: the backend walks its outbox (targets in order from just after
+    /// `picker.start_after()`, round robin; each target's entries in due order up to now) and
+    /// `picker` chooses (delivery/schedule.rs).
+    pub async fn due_dispatches<P: DuePicker>(&self, picker: P) -> Result<Due, StoreError> {
+        on_backend!(self, b => b.due_dispatches(picker).await)
     }
 
     /// Appends a call to a dispatch and applies the decision (next due time, or its end).
@@ -328,18 +249,97 @@ impl Store {
         call: Call,
         decision: Decision,
     ) -> Result<(), StoreError> {
-        self.write(|reply| WriteOp::RecordCall { dispatch_id, call, decision, reply }).await
+        on_backend!(self, b => b.record_call(dispatch_id, call, decision).await)
     }
 
-    /// For each (event type, data), the user's webhooks it fires, oldest first: from memory
-    /// (index.rs), with no read transaction.
-    /// The webhooks each event fires (see `MatchIndex::matches`); `None` past `total_max`.
-    pub fn match_webhooks(
+    /// Makes the user's ended dispatch ACTIVE again, due at `now_ms`, its retry schedule
+    /// restarted. `NotFound` unless the user has it; `Refused` while it is ACTIVE or once its
+    /// webhook is deleted.
+    pub async fn redeliver(
         &self,
-        user_id: &str,
-        events: &[(EventType, EventData)],
-        total_max: usize,
-    ) -> Option<Vec<Vec<Arc<Webhook>>>> {
-        self.index.matches(user_id, events, total_max)
+        user_id: String,
+        dispatch_id: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, b => b.redeliver(user_id, dispatch_id, now_ms).await)
     }
+
+    /// Makes the webhook's dispatches in `status` created from `window.0` to `window.1` ACTIVE
+    /// again, in chunks; answers how many once the last chunk is committed. `NotFound` if the
+    /// user has no such webhook; `Refused` while an earlier one for the webhook runs.
+    pub async fn redeliver_all(
+        &self,
+        user_id: String,
+        webhook_id: String,
+        status: DispatchStatus,
+        window: (u64, u64),
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.redeliver_all(user_id, webhook_id, status, window, now_ms).await)
+    }
+
+    /// Tells the backend the time for retention and wakes it if idle; about once a second.
+    pub fn retention_tick(&self, now_ms: u64) {
+        on_backend!(self, b => b.retention_tick(now_ms))
+    }
+
+    /// Like [`Store::retention_tick`], and waits for the first chunk. `true`: more to do.
+    pub async fn retain(&self, now_ms: u64) -> Result<bool, StoreError> {
+        on_backend!(self, b => b.retain(now_ms).await)
+    }
+
+    /// The store file's length in bytes (`None` where there is no file).
+    pub fn file_bytes(&self) -> Option<u64> {
+        on_backend!(self, b => b.file_bytes())
+    }
+
+    /// Writes a consistent copy of the store, as it is now, to a new file at `path`; returns
+    /// the entries copied. Writes go on meanwhile.
+    pub async fn backup(&self, path: PathBuf) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.backup(path).await)
+    }
+
+    /// How many webhooks are stored and how many dispatches are ACTIVE.
+    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
+        on_backend!(self, b => b.counts().await)
+    }
+
+    /// The process's metrics (the backend counts into them).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        on_backend!(self, b => b.metrics())
+    }
+
+    /// Refreshes the gauges the store knows exactly (ACTIVE dispatches, the oldest due one's
+    /// wait, the file size).
+    pub async fn refresh_gauges(&self, now_ms: u64) -> Result<(), StoreError> {
+        on_backend!(self, b => b.refresh_gauges(now_ms).await)
+    }
+
+    /// Notified after every commit that added outbox entries.
+    pub fn outbox_changed(&self) -> Arc<Notify> {
+        on_backend!(self, b => b.outbox_changed())
+    }
+
+    /// Set when a storage error stopped the store.
+    pub fn fatal(&self) -> Arc<Fatal> {
+        on_backend!(self, b => b.fatal())
+    }
+
+    /// Every outbox entry, in order: (target, due_ms, dispatch id). A full scan, for checks.
+    pub async fn outbox_keys(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        on_backend!(self, b => b.outbox_keys().await)
+    }
+
+    /// Every dispatch, in id order. A full scan, for checks.
+    pub async fn all_dispatches(&self) -> Result<Vec<Dispatch>, StoreError> {
+        on_backend!(self, b => b.all_dispatches().await)
+    }
+}
+
+/// A new random signing key.
+pub(crate) fn new_signing_key() -> Result<Vec<u8>, StoreError> {
+    let mut key = vec![0u8; crate::delivery::signing::KEY_BYTES];
+    crate::sys::random_bytes(&mut key)
+        .map_err(|e| StoreError::Storage(format!("random source: {e}")))?;
+    Ok(key)
 }

@@ -1,7 +1,7 @@
 //! The store's public types: limits, pages, scopes, the records of an ingest, the scheduler's
-//! request and answer, and the fatal-error latch.
+//! questions and answer, and the fatal-error latch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -82,13 +82,26 @@ pub struct EventAnswer {
     pub dispatch_ids: Vec<String>,
 }
 
-/// A run or build state report, stored only if the job's status is still `expected_status`.
+/// A run or build state report, stored only if the job's status is still `expected_status`
+/// (compare and set: racing reports raise each transition's events once).
 #[derive(Debug)]
 pub struct JobReport {
     pub user_id: String,
     pub kind: JobKind,
     pub id: String,
     pub expected_status: Option<String>,
+    /// The status the report sets.
+    pub status: String,
+    pub object_json: String,
+}
+
+/// The latest reported state of a run or build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredJob {
+    /// `None` only for an object stored before statuses were kept apart whose `status` was
+    /// not a string.
+    pub status: Option<String>,
+    /// The object as reported.
     pub object_json: String,
 }
 
@@ -106,25 +119,22 @@ pub struct DispatchFilter {
     pub event_type: Option<EventType>,
 }
 
-/// What the scheduler asks for in one pass.
-#[derive(Clone, Debug, Default)]
-pub struct DueRequest {
-    pub now_ms: u64,
-    /// Dispatches being called now: not due again until their outcome is recorded. Shared, not
-    /// copied: the scheduler passes its own set for the length of one read.
-    pub in_flight: Arc<HashSet<String>>,
-    /// Calls in flight per target.
-    pub per_target: Arc<HashMap<String, usize>>,
-    pub per_target_max: usize,
-    /// Calls in flight per user (the dispatch's owner).
-    pub per_user: Arc<HashMap<String, usize>>,
-    pub per_user_max: usize,
-    /// At most this many dispatches in all.
-    pub take_max: usize,
-    /// Targets are served from just after this one, round robin, so no target is always first.
-    pub start_after: Option<String>,
-    /// Read the due webhooks' signing keys into `Due::signing`.
-    pub signing_keys: bool,
+/// The choices of one scheduler pass, made outside the store (delivery/schedule.rs): a
+/// backend walks its outbox, targets in order from just after `start_after` (round robin) and
+/// each target's entries in due order up to `now_ms`, and asks at each step.
+pub trait DuePicker: Send + 'static {
+    fn now_ms(&self) -> u64;
+    fn start_after(&self) -> Option<&str>;
+    /// The pass has taken all it may.
+    fn is_full(&self) -> bool;
+    /// How many of `target`'s due dispatches the pass may take; 0: the target is not read.
+    fn target_room(&self, target: &str) -> usize;
+    /// `id` is being called already: passed over without being read.
+    fn in_flight(&self, id: &str) -> bool;
+    /// Takes `d` (`true`), or leaves the rest of its target for this pass (`false`).
+    fn admit(&mut self, d: &Dispatch) -> bool;
+    /// The pass wants the signing keys of the webhooks it takes.
+    fn wants_signing_keys(&self) -> bool;
 }
 
 /// Due dispatches (with their targets) and the earliest due time not taken.

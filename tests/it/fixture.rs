@@ -190,6 +190,13 @@ fn make_store_fixture() {
     println!("fixture: {} bytes", std::fs::metadata(&store).unwrap().len());
 }
 
+/// Today's hookd opens the v8 store (status indexes, folded and waiting dispatches) and reads
+/// every record back as it was shown.
+#[test]
+fn the_v8_store_opens_and_reads_back() {
+    reads_back(8);
+}
+
 /// Today's hookd opens the v7 store (signing keys, a disabled webhook, a redelivered
 /// dispatch) and reads every record back as it was shown.
 #[test]
@@ -259,6 +266,19 @@ fn reads_back(version: u64) {
             filters_agree(&d, token).then_some(())
         });
     }
+    // Schema 9 versioned event answers and job reports: a replayed key answers as the first
+    // time (no new dispatch), and a job report compares with the status the migration kept (the
+    // same status again raises nothing; a lost status would raise the run's first events).
+    let known: Vec<Value> = d.all_dispatches(ALICE_TOKEN).iter().map(|i| i["id"].clone()).collect();
+    let mut keyed = run_event("ACTOR.RUN.SUCCEEDED", "fx-actor", Some("fx-task"), "fx-run-1");
+    keyed["idempotencyKey"] = json!("fx-event-1");
+    let answer = d.post_events(ALICE_TOKEN, &keyed);
+    let replayed = answer["dispatchIds"].as_array().expect("an answer with dispatchIds");
+    assert!(!replayed.is_empty() && replayed.iter().all(|i| known.contains(i)), "{answer}");
+    let job = &want[ALICE]["jobs"][0]["data"];
+    let r = d.req("PUT", JOBS[0], Some(ALICE_TOKEN), Some(job));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(d.all_dispatches(ALICE_TOKEN).len(), known.len(), "no dispatch was added");
     assert!(d.log().contains("the last run closed the store cleanly"), "{}", d.log());
     let now = hookd::store::SCHEMA_VERSION;
     if version < now {
@@ -353,4 +373,9 @@ fn retention_deletes_ended(version: u64) {
 #[test]
 fn retention_deletes_the_ended_dispatches_of_a_v7_store() {
     retention_deletes_ended(7);
+}
+
+#[test]
+fn retention_deletes_the_ended_dispatches_of_a_v8_store() {
+    retention_deletes_ended(8);
 }

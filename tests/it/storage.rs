@@ -1,4 +1,4 @@
-//! Storage faults through redb's `StorageBackend` seam: writes failing, syncs failing, and a
+//! Storage faults through the store's `FileIo` seam (the bytes under the redb file): writes failing, syncs failing, and a
 //! full disk (every write `ENOSPC`). In each case the daemon (run in-process on the faulty
 //! backend) answers the write in progress and every later one with 503 and a clear error,
 //! logs the storage error, stops with an error (the binary exits non-zero), and the next
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hookd::config::{Config, Delivery, Limits, User};
-use hookd::store::{FileBackend, Storage, StorageBackend};
+use hookd::store::{FileIo, PlainFile, Storage};
 
 use crate::support::receiver::{Receiver, Reply, free_port};
 use crate::support::*;
@@ -25,7 +25,7 @@ struct Faults {
 
 #[derive(Debug)]
 struct FaultyBackend {
-    inner: FileBackend,
+    inner: PlainFile,
     faults: Arc<Faults>,
 }
 
@@ -33,15 +33,15 @@ fn injected(what: &str) -> std::io::Error {
     std::io::Error::other(format!("injected {what} failure"))
 }
 
-impl StorageBackend for FaultyBackend {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
+impl FileIo for FaultyBackend {
+    fn len_bytes(&self) -> Result<u64, std::io::Error> {
+        self.inner.len_bytes()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         self.inner.read(offset, out)
     }
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        if self.faults.disk_full.load(Ordering::SeqCst) && len > self.inner.len()? {
+        if self.faults.disk_full.load(Ordering::SeqCst) && len > self.inner.len_bytes()? {
             return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
         }
         self.inner.set_len(len)
@@ -60,23 +60,6 @@ impl StorageBackend for FaultyBackend {
             return Err(injected("write"));
         }
         self.inner.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.inner.close()
-    }
-    fn try_lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn unlock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.inner.unlock_range(start, end)
     }
 }
 
@@ -183,9 +166,9 @@ fn fault_case(name: &str, inject: impl Fn(&Faults)) {
         .truncate(false)
         .open(dir.path().join("hookd.redb"))
         .unwrap();
-    let backend = FaultyBackend { inner: FileBackend::new(file).unwrap(), faults: faults.clone() };
+    let backend = FaultyBackend { inner: PlainFile::new(file).unwrap(), faults: faults.clone() };
     let Running { addr, log, stop: _keep_running, result } =
-        start(dir.path(), Storage::Backend(Box::new(backend)));
+        start(dir.path(), Storage::Io(Box::new(backend)));
 
     // Acknowledged before the fault.
     let mut webhooks = Vec::new();

@@ -36,10 +36,14 @@ fn every_file_opens_with_a_module_doc() {
 }
 
 #[test]
-fn redb_is_named_only_in_the_store() {
+fn each_storage_engine_is_named_only_in_its_own_backend() {
     for (path, text) in sources() {
-        if !path.starts_with("src/store/") {
-            assert!(!text.contains("redb::"), "{path} names redb outside src/store/");
+        for (engine, home) in
+            [("redb::", "src/store/redb/"), ("tokio_postgres", "src/store/postgres/")]
+        {
+            if !path.starts_with(home) {
+                assert!(!text.contains(engine), "{path} names {engine} outside {home}");
+            }
         }
     }
 }
@@ -87,13 +91,13 @@ fn pure_modules_do_no_io_and_read_no_clock() {
 fn only_the_writer_opens_write_transactions() {
     for (path, text) in sources() {
         // backup.rs writes only the new file a backup or a check makes, never the live store.
-        let allowed = path == "src/store/writer.rs"
-            || path == "src/store/open.rs"
-            || path == "src/store/backup.rs";
+        let allowed = path == "src/store/redb/writer.rs"
+            || path == "src/store/redb/open.rs"
+            || path == "src/store/redb/backup.rs";
         if !allowed {
             assert!(!text.contains("begin_write"), "{path} opens a write transaction");
         }
-        if path == "src/store/open.rs" {
+        if path == "src/store/redb/open.rs" {
             // Only the schema set-up at open, before the writer thread starts.
             assert_eq!(text.matches("begin_write").count(), 1, "{path}");
         }

@@ -280,7 +280,7 @@ impl Retention {
             if let Some(key) = &header.idempotency_key {
                 let idem = (header.user_id.as_str(), key.as_str());
                 let ours = match b.event_idem.get(idem).map_err(storage)? {
-                    Some(v) => answer_event_id(v.value()).as_deref() == Some(id.as_str()),
+                    Some(v) => records::event_answer_id(v.value())? == *id,
                     None => false,
                 };
                 if ours {
@@ -291,15 +291,6 @@ impl Retention {
         self.events_after = if done { None } else { last };
         Ok((gone.len() as u64, done))
     }
-}
-
-/// The event id of a stored 202 answer.
-fn answer_event_id(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: String,
-    }
-    serde_json::from_slice::<IdOnly>(bytes).ok().map(|a| a.id)
 }
 
 /// Deletes one finished dispatch listed as ended by `listed_ms`: request, state and its list

@@ -243,13 +243,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             return Ok(());
         }
         self.unqueue(dispatch_id, &s)?;
-        s.calls.push(Call {
-            started_ms: removed_ms,
-            finished_ms: removed_ms,
-            error_message: Some("Webhook was removed.".into()),
-            response_status: None,
-            response_body: None,
-        });
+        s.calls.push(Call::webhook_removed(removed_ms));
         s.status = DispatchStatus::Failed;
         s.next_due_ms = None;
         s.finished_ms = Some(removed_ms);

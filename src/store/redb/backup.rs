@@ -182,5 +182,19 @@ pub(super) fn verify(db: &Database) -> Result<CheckReport, StoreError> {
         }
         r.events += 1;
     }
+    let answers = rtx.open_table(EVENT_IDEM).map_err(storage)?;
+    for row in answers.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        if let Err(e) = records::decode_event_answer(v.value()) {
+            r.problems.push(format!("idempotency key {}: {e}", k.value().1));
+        }
+    }
+    let jobs = rtx.open_table(JOBS).map_err(storage)?;
+    for row in jobs.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        if let Err(e) = records::decode_job(v.value()) {
+            r.problems.push(format!("job {}: {e}", k.value().2));
+        }
+    }
     Ok(r)
 }

@@ -1,7 +1,6 @@
 //! The store's reads: dispatches, webhooks, jobs and the scheduler's due work, each in one
 //! short read transaction on the blocking pool (a long-lived one would pin freed pages).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -13,7 +12,7 @@ use super::schema::*;
 use super::*;
 use crate::model::{Dispatch, JobKind, Webhook, WebhookStats};
 
-impl Store {
+impl RedbStore {
     pub async fn get_dispatch(
         &self,
         user_id: String,
@@ -53,12 +52,9 @@ impl Store {
         .await
     }
 
-    /// Due dispatches for one scheduler pass: per target, skipping those in flight, at most
-    /// `per_target_max` in flight per target, `per_user_max` per user and `take_max` in all.
-    /// A target at its bound is not read at all, so a dead target's backlog costs a pass
-    /// nothing; a target whose next due dispatch belongs to a user at its bound is left after
-    /// that one read, until the next pass.
-    pub async fn due_dispatches(&self, req: DueRequest) -> Result<Due, StoreError> {
+    /// One scheduler pass (see [`DuePicker`]). A target the picker gives no room is not read
+    /// at all, so a dead target's backlog costs a pass one seek.
+    pub async fn due_dispatches<P: DuePicker>(&self, mut picker: P) -> Result<Due, StoreError> {
         let sweeping = self.sweeping.load(Ordering::Acquire);
         self.read(move |rtx| {
             let outbox = rtx.open_table(OUTBOX).map_err(storage)?;
@@ -72,13 +68,13 @@ impl Store {
                 None
             };
             let mut due = Due::default();
-            let mut taken_per_user: HashMap<String, usize> = HashMap::new();
-            let start = req.start_after.clone().map(|t| t + "\u{0}").unwrap_or_default();
+            let now_ms = picker.now_ms();
+            let start = picker.start_after().map(|t| format!("{t}\u{0}")).unwrap_or_default();
             // Two sweeps: targets after `start_after`, then from the first target up to it.
             for (from, until) in [(start.clone(), None), (String::new(), Some(start))] {
                 let mut next_target = from;
                 loop {
-                    if due.dispatches.len() >= req.take_max {
+                    if picker.is_full() {
                         return Ok(due);
                     }
                     let first = outbox
@@ -93,25 +89,24 @@ impl Store {
                         break;
                     }
                     next_target = format!("{target}\u{0}");
-                    let busy = req.per_target.get(&target).copied().unwrap_or(0);
-                    if busy >= req.per_target_max {
+                    let mut room = picker.target_room(&target);
+                    if room == 0 {
                         continue;
                     }
-                    let mut free = req.per_target_max - busy;
                     let lo = (target.as_str(), 0u64, "");
                     let hi = (target.as_str(), u64::MAX, ID_MAX);
                     for entry in outbox.range(lo..=hi).map_err(storage)? {
                         let (k, _) = entry.map_err(storage)?;
                         let (_, due_ms, id) = k.value();
-                        if due_ms > req.now_ms {
+                        if due_ms > now_ms {
                             due.next_due_ms =
                                 Some(due.next_due_ms.map_or(due_ms, |n| n.min(due_ms)));
                             break;
                         }
-                        if req.in_flight.contains(id) {
+                        if picker.in_flight(id) {
                             continue;
                         }
-                        if free == 0 || due.dispatches.len() >= req.take_max {
+                        if room == 0 || picker.is_full() {
                             break;
                         }
                         let Some(d) = read_dispatch(&requests, &states, id)? else {
@@ -121,19 +116,11 @@ impl Store {
                             Some(t) => t.get(d.webhook_id.as_str()).map_err(storage)?.is_some(),
                             None => false,
                         };
-                        if swept {
-                            // Ended within moments; the target's other work waits for that.
+                        // A swept one ends within moments; the target's other work waits.
+                        if swept || !picker.admit(&d) {
                             break;
                         }
-                        let user_busy = req.per_user.get(&d.user_id).copied().unwrap_or(0)
-                            + taken_per_user.get(&d.user_id).copied().unwrap_or(0);
-                        if user_busy >= req.per_user_max {
-                            // Its owner has every slot it may hold: leave the target for now
-                            // (a later pass takes it once that user's calls end).
-                            break;
-                        }
-                        *taken_per_user.entry(d.user_id.clone()).or_default() += 1;
-                        if req.signing_keys
+                        if picker.wants_signing_keys()
                             && !due.signing.contains_key(&d.webhook_id)
                             && let Some(v) = secrets.get(d.webhook_id.as_str()).map_err(storage)?
                         {
@@ -141,7 +128,7 @@ impl Store {
                             due.signing.insert(d.webhook_id.clone(), Arc::new(keys));
                         }
                         due.dispatches.push((target.clone(), d));
-                        free -= 1;
+                        room -= 1;
                     }
                 }
             }
@@ -189,15 +176,11 @@ impl Store {
         user_id: String,
         kind: JobKind,
         id: String,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<StoredJob>, StoreError> {
         self.read(move |rtx| {
             let jobs = rtx.open_table(JOBS).map_err(storage)?;
             let got = jobs.get((user_id.as_str(), job_code(kind), id.as_str())).map_err(storage)?;
-            got.map(|b| {
-                String::from_utf8(b.value().to_vec())
-                    .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))
-            })
-            .transpose()
+            got.map(|b| records::decode_job(b.value())).transpose()
         })
         .await
     }

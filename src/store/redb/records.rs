@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use super::redelivery::Redelivery;
 use super::schema::{event_code, event_of_code};
+use super::{EventAnswer, StoredJob};
 use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, SigningKeys, Webhook};
 
 const V1: u8 = 1;
@@ -612,4 +613,52 @@ pub fn event_json(bytes: &[u8]) -> Result<&str, StoreError> {
         _ => return Err(StoreError::Corrupt("event: unknown record version".into())),
     };
     std::str::from_utf8(json).map_err(|e| StoreError::Corrupt(format!("event: {e}")))
+}
+
+/// A job's latest report (schema 9): version byte 1, a one-line JSON header with its status
+/// (so a report's compare-and-set reads no object), a newline, then the object as reported.
+pub fn encode_job(job: &StoredJob) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(job.object_json.len() + 32);
+    out.push(V1);
+    serde_json::to_writer(&mut out, &JobHeader { status: job.status.clone() })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    out.push(b'\n');
+    out.extend_from_slice(job.object_json.as_bytes());
+    Ok(out)
+}
+
+#[derive(Serialize, Deserialize)]
+struct JobHeader {
+    #[serde(rename = "s")]
+    status: Option<String>,
+}
+
+pub fn decode_job(bytes: &[u8]) -> Result<StoredJob, StoreError> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("job: {e}"));
+    let Some((&V1, rest)) = bytes.split_first() else {
+        return Err(corrupt("unknown record version".into()));
+    };
+    let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no header".into()))?;
+    let header: JobHeader =
+        serde_json::from_slice(&rest[..end]).map_err(|e| corrupt(e.to_string()))?;
+    let object_json = std::str::from_utf8(&rest[end + 1..]).map_err(|e| corrupt(e.to_string()))?;
+    Ok(StoredJob { status: header.status, object_json: object_json.to_string() })
+}
+
+/// An event's first 202 answer, kept under its idempotency key (schema 9: versioned).
+pub fn encode_event_answer(answer: &EventAnswer) -> Result<Vec<u8>, StoreError> {
+    encode_v1(answer)
+}
+
+pub fn decode_event_answer(bytes: &[u8]) -> Result<EventAnswer, StoreError> {
+    decode_v1("event answer", bytes)
+}
+
+/// The event id of a stored answer, without reading the rest into values.
+pub fn event_answer_id(bytes: &[u8]) -> Result<String, StoreError> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    decode_v1::<IdOnly>("event answer", bytes).map(|a| a.id)
 }

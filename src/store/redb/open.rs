@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use redb::backends::FileBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 use tokio::sync::{Notify, mpsc};
 
@@ -18,22 +19,44 @@ use super::retention::{Retention, RetentionSignal};
 use super::schema::*;
 use super::*;
 use crate::metrics::Metrics;
+use crate::store::FileIo;
 
-/// Where the database lives: the file at the path, or a custom backend over it (fault
-/// injection in tests; redb's `StorageBackend` seam).
+/// The real store file as [`FileIo`]: what a fault-injecting test wraps.
 #[derive(Debug)]
-pub enum Storage {
-    File,
-    Backend(Box<dyn StorageBackend>),
+pub struct PlainFile(FileBackend);
+
+impl PlainFile {
+    /// The file, opened for reading and writing.
+    pub fn new(file: std::fs::File) -> Result<PlainFile, StoreError> {
+        FileBackend::new(file).map(PlainFile).map_err(storage)
+    }
 }
 
-/// A boxed backend is a backend.
-#[derive(Debug)]
-struct Boxed(Box<dyn StorageBackend>);
-
-impl StorageBackend for Boxed {
-    fn len(&self) -> Result<u64, std::io::Error> {
+impl FileIo for PlainFile {
+    fn len_bytes(&self) -> std::io::Result<u64> {
         self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+}
+
+/// Any [`FileIo`] as redb's storage (no file locks: only tests use it).
+#[derive(Debug)]
+struct Adapted(Box<dyn FileIo>);
+
+impl StorageBackend for Adapted {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len_bytes()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         self.0.read(offset, out)
@@ -47,73 +70,31 @@ impl StorageBackend for Boxed {
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
         self.0.write(offset, data)
     }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.0.close()
-    }
-    fn try_lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.0.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
-        self.0.try_lock_shared_range(start, end)
-    }
-    fn lock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.0.lock_range(start, end)
-    }
-    fn lock_shared_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.0.lock_shared_range(start, end)
-    }
-    fn unlock_range(
-        &self,
-        start: std::ops::Bound<u64>,
-        end: std::ops::Bound<u64>,
-    ) -> Result<(), redb::BackendError> {
-        self.0.unlock_range(start, end)
-    }
 }
 
-impl Store {
-    /// Opens (or creates) the store file, repairing it after a crash, and starts the writer.
-    pub fn open(path: &Path, limits: StoreLimits) -> Result<(Store, WriterHandle), StoreError> {
-        Store::open_on(Storage::File, path, limits)
-    }
-
-    /// Like [`Store::open`], on the given storage. A damaged file is an error, never a panic:
+impl RedbStore {
+    /// Opens (or creates) the store on `storage`, repairing it after a crash, and starts the
+    /// writer. A damaged file is an error, never a panic:
     /// redb may panic on pages that are not what they claim to be, so the open runs under
     /// `catch_unwind`.
     pub fn open_on(
         storage: Storage,
         path: &Path,
         limits: StoreLimits,
-    ) -> Result<(Store, WriterHandle), StoreError> {
-        without_panics(|| Store::open_unguarded(storage, path, limits))
+    ) -> Result<(RedbStore, WriterHandle), StoreError> {
+        without_panics(|| RedbStore::open_unguarded(storage, path, limits))
     }
 
     fn open_unguarded(
         storage: Storage,
         path: &Path,
         limits: StoreLimits,
-    ) -> Result<(Store, WriterHandle), StoreError> {
+    ) -> Result<(RedbStore, WriterHandle), StoreError> {
         let mut builder = Database::builder();
         builder.set_cache_size(limits.cache_bytes);
         let last_run = match &storage {
             Storage::File => Some(LastRun::beside(path)),
-            Storage::Backend(_) => None,
+            Storage::Io(_) => None,
         };
         let verify = last_run.as_ref().is_some_and(|l| left_unclean(path) && !l.crashed_in_place());
         builder.set_check_integrity_on_open(verify);
@@ -146,8 +127,8 @@ impl Store {
                 }
                 (db, Some(path.to_path_buf()))
             }
-            Storage::Backend(b) => {
-                (builder.create_with_backend(Boxed(b)).map_err(storage_error)?, None)
+            Storage::Io(io) => {
+                (builder.create_with_backend(Adapted(io)).map_err(storage_error)?, None)
             }
         };
         init_schema(&db)?;
@@ -196,7 +177,7 @@ impl Store {
             },
         )?;
         let handle = handle.recording_close(last_run);
-        let store = Store {
+        let store = RedbStore {
             db,
             writes: tx,
             fatal,
@@ -360,14 +341,6 @@ fn load_sweeps(db: &Database) -> Result<Vec<(String, u64)>, StoreError> {
 }
 
 /// Every webhook that can still fire, for the match index.
-/// A new signing key from the OS random source.
-pub(super) fn new_signing_key() -> Result<Vec<u8>, StoreError> {
-    let mut key = vec![0u8; crate::delivery::signing::KEY_BYTES];
-    crate::sys::random_bytes(&mut key)
-        .map_err(|e| StoreError::Storage(format!("random source: {e}")))?;
-    Ok(key)
-}
-
 fn load_index(db: &Database) -> Result<MatchIndex, StoreError> {
     let rtx = db.begin_read().map_err(storage)?;
     let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;

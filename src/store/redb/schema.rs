@@ -7,7 +7,7 @@ use crate::model::{ConditionKind, DispatchStatus, EventType};
 
 /// Bumped on any incompatible change; a file with a newer version is refused, an older one is
 /// migrated in place at open (`migrate.rs`).
-pub const SCHEMA_VERSION: u64 = 8;
+pub const SCHEMA_VERSION: u64 = 9;
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// 1 when the writer's last commit was the one it makes on a clean stop; 0 while running.
 pub const META_CLEAN_CLOSE: &str = "clean_close";

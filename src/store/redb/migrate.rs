@@ -22,6 +22,7 @@ pub(super) fn migrate(tx: &WriteTransaction, from: u64) -> Result<(), StoreError
             5 => v5_to_v6(tx)?,
             6 => v6_to_v7(tx)?,
             7 => v7_to_v8(tx)?,
+            8 => v8_to_v9(tx)?,
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "no migration from schema version {other}"
@@ -107,8 +108,10 @@ fn v6_to_v7(tx: &WriteTransaction) -> Result<(), StoreError> {
         let (k, _) = entry.map_err(storage)?;
         let id = k.value();
         if secrets.get(id).map_err(storage)?.is_none() {
-            let keys =
-                crate::model::SigningKeys { current: super::new_signing_key()?, previous: None };
+            let keys = crate::model::SigningKeys {
+                current: crate::store::new_signing_key()?,
+                previous: None,
+            };
             secrets.insert(id, records::encode_signing_keys(&keys)?.as_slice()).map_err(storage)?;
         }
     }
@@ -175,4 +178,52 @@ fn v7_to_v8(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.delete_table(DISPATCHES_BY_USER_V7).map_err(storage)?;
     tx.delete_table(DISPATCHES_BY_WEBHOOK_V7).map_err(storage)?;
     Ok(())
+}
+
+/// Schema 9 versions the last two unversioned records: an event's answer under its
+/// idempotency key (the same JSON behind a version byte) and a job's report (its status in a
+/// header, so that a report's compare-and-set parses no object).
+fn v8_to_v9(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let mut idem = tx.open_table(EVENT_IDEM).map_err(storage)?;
+    let mut rewritten = Vec::new();
+    for entry in idem.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let (user, key) = k.value();
+        let answer: super::EventAnswer = serde_json::from_slice(v.value())
+            .map_err(|e| StoreError::Corrupt(format!("event answer: {e}")))?;
+        rewritten
+            .push(((user.to_string(), key.to_string()), records::encode_event_answer(&answer)?));
+    }
+    for ((user, key), bytes) in rewritten {
+        idem.insert((user.as_str(), key.as_str()), bytes.as_slice()).map_err(storage)?;
+    }
+    let mut jobs = tx.open_table(JOBS).map_err(storage)?;
+    let mut rewritten = Vec::new();
+    for entry in jobs.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let (user, kind, id) = k.value();
+        let object_json = std::str::from_utf8(v.value())
+            .map_err(|e| StoreError::Corrupt(format!("job {id}: {e}")))?
+            .to_string();
+        let job = super::StoredJob { status: legacy_job_status(&object_json), object_json };
+        rewritten.push(((user.to_string(), kind, id.to_string()), records::encode_job(&job)?));
+    }
+    for ((user, kind, id), bytes) in rewritten {
+        jobs.insert((user.as_str(), kind, id.as_str()), bytes.as_slice()).map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// The `status` of a job object stored before schema 9 (a string, or none).
+fn legacy_job_status(object_json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct StatusOnly {
+        #[serde(default)]
+        status: Option<serde_json::Value>,
+    }
+    let s: StatusOnly = serde_json::from_str(object_json).ok()?;
+    match s.status? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
 }

@@ -206,17 +206,6 @@ fn remove_from_index(w: &Webhook) -> IndexChange {
     }
 }
 
-/// The `status` of a stored job object (the rest is skipped, not parsed into values).
-fn job_status(object_json: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct StatusOnly {
-        #[serde(default)]
-        status: Option<serde_json::Value>,
-    }
-    let s: StatusOnly = serde_json::from_str(object_json).ok()?;
-    s.status?.as_str().map(String::from)
-}
-
 pub(super) fn ingest(
     b: &mut Batch<'_, '_>,
     events: Vec<EncodedEvent>,
@@ -224,15 +213,18 @@ pub(super) fn ingest(
 ) -> OpResult<Vec<EventAnswer>> {
     if let Some(job) = job {
         let key = (job.user_id.as_str(), job_code(job.kind), job.id.as_str());
-        let current = b
-            .jobs
-            .get(key)
-            .map_err(storage)?
-            .map(|v| String::from_utf8_lossy(v.value()).into_owned());
-        if current.as_deref().and_then(job_status) != job.expected_status {
+        let current = match b.jobs.get(key).map_err(storage)? {
+            Some(v) => records::decode_job(v.value())?.status,
+            None => None,
+        };
+        if current != job.expected_status {
             return Ok(Err(StoreError::Conflict));
         }
-        b.jobs.insert(key, job.object_json.as_bytes()).map_err(storage)?;
+        let record = records::encode_job(&super::StoredJob {
+            status: Some(job.status.clone()),
+            object_json: job.object_json.clone(),
+        })?;
+        b.jobs.insert(key, record.as_slice()).map_err(storage)?;
     }
     let mut answers = Vec::with_capacity(events.len());
     for EncodedEvent { event, dispatches } in events {
@@ -240,9 +232,7 @@ pub(super) fn ingest(
             let first =
                 b.event_idem.get((event.user_id.as_str(), key.as_str())).map_err(storage)?;
             if let Some(v) = first {
-                let a: EventAnswer = serde_json::from_slice(v.value())
-                    .map_err(|e| StoreError::Corrupt(format!("event answer: {e}")))?;
-                answers.push(a);
+                answers.push(records::decode_event_answer(v.value())?);
                 continue;
             }
         }
@@ -264,7 +254,7 @@ pub(super) fn ingest(
             {
                 continue;
             }
-            if d.is_ad_hoc && d.event_type != EventType::Test {
+            if d.fires_ad_hoc() {
                 if b.webhook_fired.insert(d.webhook_id.as_str(), ()).map_err(storage)?.is_some() {
                     continue; // an ad-hoc webhook fires once
                 }
@@ -310,7 +300,7 @@ pub(super) fn ingest(
         }
         b.events_stored += 1;
         if let Some(key) = &event.idempotency_key {
-            let bytes = serde_json::to_vec(&a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let bytes = records::encode_event_answer(&a)?;
             b.event_idem
                 .insert((event.user_id.as_str(), key.as_str()), bytes.as_slice())
                 .map_err(storage)?;
