@@ -72,6 +72,14 @@ impl MatchIndex {
         }
     }
 
+    /// Replaces the whole index with `webhooks` (each one that can fire).
+    pub(crate) fn replace(&self, webhooks: Vec<Arc<Webhook>>) {
+        let fresh = MatchIndex::default();
+        fresh.apply(webhooks.into_iter().map(IndexChange::Add).collect());
+        let built = fresh.users.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = built;
+    }
+
     /// Whether the user's webhook `id` is listed under `condition` (it exists and can fire).
     pub(crate) fn has(&self, user_id: &str, condition: &Condition, id: &str) -> bool {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
@@ -116,6 +124,17 @@ impl MatchIndex {
             out.push(matched);
         }
         Some(out)
+    }
+}
+
+impl IndexChange {
+    /// The change that takes `w` out (under the condition it is listed by).
+    pub(crate) fn removing(w: &Webhook) -> IndexChange {
+        IndexChange::Remove {
+            user_id: w.user_id.clone(),
+            condition: w.condition.clone(),
+            id: w.id.clone(),
+        }
     }
 }
 

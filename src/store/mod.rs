@@ -7,8 +7,11 @@
 //! sees every write answered before it began; each ACTIVE dispatch has exactly one outbox entry
 //! and an ended one none; a user's calls never see another user's records.
 
+mod codes;
 mod error;
 mod index;
+mod postgres;
+mod records;
 mod redb;
 mod types;
 
@@ -56,6 +59,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Redb(embedded::RedbStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Stops a store's writer: see [`WriterHandle::close`].
@@ -65,6 +69,8 @@ pub struct WriterHandle {
 
 enum WriterInner {
     Redb(embedded::WriterHandle),
+    /// Each write commits in its own transaction: nothing to wait for.
+    Postgres,
 }
 
 impl WriterHandle {
@@ -72,6 +78,7 @@ impl WriterHandle {
     pub async fn close(self) {
         match self.inner {
             WriterInner::Redb(w) => w.close().await,
+            WriterInner::Postgres => {}
         }
     }
 }
@@ -81,6 +88,7 @@ macro_rules! on_backend {
     ($store:expr, $b:ident => $call:expr) => {
         match &$store.backend {
             Backend::Redb($b) => $call,
+            Backend::Postgres($b) => $call,
         }
     };
 }
@@ -102,6 +110,19 @@ impl Store {
         Ok((
             Store { backend: Backend::Redb(store) },
             WriterHandle { inner: WriterInner::Redb(writer) },
+        ))
+    }
+
+    /// Connects to the PostgreSQL database at `url` (at most `connections_max` connections),
+    /// creating or migrating hookd's schema in it; refuses a schema newer than this hookd's.
+    pub async fn open_postgres(
+        url: &str,
+        connections_max: usize,
+    ) -> Result<(Store, WriterHandle), StoreError> {
+        let store = postgres::PgStore::open(url, connections_max).await?;
+        Ok((
+            Store { backend: Backend::Postgres(store) },
+            WriterHandle { inner: WriterInner::Postgres },
         ))
     }
 

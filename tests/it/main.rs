@@ -3,6 +3,7 @@
 
 mod abuse;
 mod api;
+mod backends;
 mod browser_access;
 mod clients;
 mod conformance;

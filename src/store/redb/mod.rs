@@ -12,7 +12,6 @@ mod open;
 mod ops;
 mod pending;
 mod reads;
-mod records;
 mod redelivery;
 mod retention;
 mod schema;
@@ -28,8 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::index;
 pub use super::{StoreError, types::*};
+use super::{index, records};
 pub use backup::CheckReport;
 use retention::RetentionSignal;
 

@@ -87,7 +87,7 @@ pub(super) fn update(
     }
     let bytes = records::encode_webhook(&new)?;
     b.webhooks.insert(id, bytes.as_slice()).map_err(storage)?;
-    b.index_changes.push(remove_from_index(&old));
+    b.index_changes.push(IndexChange::removing(&old));
     // A fired ad-hoc webhook stays out of the index: it never fires again; nor does a
     // disabled one until it is enabled again.
     if !new.is_enabled {
@@ -114,7 +114,7 @@ pub(super) fn delete(b: &mut Batch<'_, '_>, user_id: &str, id: &str, now_ms: u64
     b.stats.insert(id.to_string(), None);
     b.webhooks_by_user.remove((user_id, w.created_ms, id)).map_err(storage)?;
     b.index_condition(&w, false)?;
-    b.index_changes.push(remove_from_index(&w));
+    b.index_changes.push(IndexChange::removing(&w));
     b.webhook_fired.remove(id).map_err(storage)?;
     // Its dispatches stay readable by id; the ACTIVE ones end: up to a chunk now (the
     // unfolded ones first, then its list), the rest in later groups (`sweep_chunk`), so a
@@ -198,14 +198,6 @@ pub(super) fn rotate_signing_key(
     Ok(Ok(keys))
 }
 
-fn remove_from_index(w: &Webhook) -> IndexChange {
-    IndexChange::Remove {
-        user_id: w.user_id.clone(),
-        condition: w.condition.clone(),
-        id: w.id.clone(),
-    }
-}
-
 pub(super) fn ingest(
     b: &mut Batch<'_, '_>,
     events: Vec<EncodedEvent>,
@@ -260,7 +252,7 @@ pub(super) fn ingest(
                 }
                 // Under its condition as stored now (an update may have moved it since).
                 if let Some((w, _)) = b.load(&d.webhook_id)? {
-                    b.index_changes.push(remove_from_index(&w));
+                    b.index_changes.push(IndexChange::removing(&w));
                 }
             }
             let id = d.id.as_str();

@@ -8,6 +8,8 @@ use std::ops::Bound;
 
 use redb::{ReadableDatabase, ReadableTable};
 
+use serde::{Deserialize, Serialize};
+
 use super::StoreError;
 use super::batch::Batch;
 use super::error::storage;
@@ -106,7 +108,7 @@ pub(super) fn begin(
             "A redelivery of this webhook's dispatches is under way; retry once it ends.".into(),
         )));
     }
-    let bytes = records::encode_redelivery(&job)?;
+    let bytes = encode_redelivery(&job)?;
     b.redeliveries.insert(w, bytes.as_slice()).map_err(storage)?;
     // The job walks the webhook's folded list: fold the waiting dispatches into it now.
     b.fold_now = true;
@@ -135,7 +137,7 @@ pub(super) fn chunk(
             b.redeliveries.remove(jobs[i].webhook_id.as_str()).map_err(storage)?;
             ended.push(jobs.remove(i));
         } else {
-            let bytes = records::encode_redelivery(&jobs[i])?;
+            let bytes = encode_redelivery(&jobs[i])?;
             b.redeliveries
                 .insert(jobs[i].webhook_id.as_str(), bytes.as_slice())
                 .map_err(storage)?;
@@ -200,7 +202,45 @@ pub(super) fn load(db: &redb::Database) -> Result<Vec<Redelivery>, StoreError> {
     let mut jobs = Vec::new();
     for entry in table.iter().map_err(storage)? {
         let (k, v) = entry.map_err(storage)?;
-        jobs.push(records::decode_redelivery(k.value(), v.value())?);
+        jobs.push(decode_redelivery(k.value(), v.value())?);
     }
     Ok(jobs)
+}
+
+#[derive(Serialize, Deserialize)]
+struct RedeliveryV1 {
+    user_id: String,
+    status: String,
+    /// The last dispatch id looked at; `None` before the first chunk.
+    after_id: Option<String>,
+    from_id: String,
+    until_id: String,
+    due_ms: u64,
+    count: u64,
+}
+
+pub(super) fn encode_redelivery(r: &Redelivery) -> Result<Vec<u8>, StoreError> {
+    records::encode_v1(&RedeliveryV1 {
+        user_id: r.user_id.clone(),
+        status: r.status.as_str().to_string(),
+        after_id: r.after_id.clone(),
+        from_id: r.from_id.clone(),
+        until_id: r.until_id.clone(),
+        due_ms: r.due_ms,
+        count: r.count,
+    })
+}
+
+pub(super) fn decode_redelivery(webhook_id: &str, bytes: &[u8]) -> Result<Redelivery, StoreError> {
+    let r: RedeliveryV1 = records::decode_v1("redelivery", bytes)?;
+    Ok(Redelivery {
+        webhook_id: webhook_id.to_string(),
+        user_id: r.user_id,
+        status: records::status_of(&r.status)?,
+        after_id: r.after_id,
+        from_id: r.from_id,
+        until_id: r.until_id,
+        due_ms: r.due_ms,
+        count: r.count,
+    })
 }

@@ -3,7 +3,7 @@
 
 use redb::TableDefinition;
 
-use crate::model::{ConditionKind, DispatchStatus, EventType};
+pub use crate::store::codes::*;
 
 /// Bumped on any incompatible change; a file with a newer version is refused, an older one is
 /// migrated in place at open (`migrate.rs`).
@@ -30,14 +30,6 @@ pub const WEBHOOK_STATS: TableDefinition<&str, &[u8]> = TableDefinition::new("we
 
 /// Upper bound for the id part of a range: ids are `[A-Za-z0-9]`, all below `~`.
 pub const ID_MAX: &str = "~";
-
-pub fn kind_code(kind: ConditionKind) -> u8 {
-    match kind {
-        ConditionKind::Actor => 1,
-        ConditionKind::ActorTask => 2,
-        ConditionKind::ActorRun => 3,
-    }
-}
 
 /// webhook id -> (): ad-hoc webhooks that have fired their one dispatch.
 pub const WEBHOOK_FIRED: TableDefinition<&str, ()> = TableDefinition::new("webhook_fired");
@@ -107,68 +99,5 @@ pub const DISPATCHES_BY_WEBHOOK_STATUS: TableDefinition<(&str, u8, u8, &str), ()
 pub const DISPATCH_COUNTS: TableDefinition<(&str, u8, u8), u64> =
     TableDefinition::new("dispatch_counts");
 
-/// Every event type in code order (a code is its position). The codes are in the file: this
-/// list is spelled out here, apart from the model's, so that no change there changes them.
-const EVENT_TYPES: [EventType; 12] = [
-    EventType::RunCreated,
-    EventType::RunSucceeded,
-    EventType::RunFailed,
-    EventType::RunAborted,
-    EventType::RunTimedOut,
-    EventType::RunResurrected,
-    EventType::BuildCreated,
-    EventType::BuildSucceeded,
-    EventType::BuildFailed,
-    EventType::BuildAborted,
-    EventType::BuildTimedOut,
-    EventType::Test,
-];
-/// Event type codes run from 0 to this, inclusive.
-pub const EVENT_CODE_MAX: u8 = EVENT_TYPES.len() as u8 - 1;
-
-pub fn event_code(t: EventType) -> u8 {
-    EVENT_TYPES.iter().position(|e| *e == t).map_or(EVENT_CODE_MAX, |i| i as u8)
-}
-
-pub fn event_of_code(code: u8) -> Option<EventType> {
-    EVENT_TYPES.get(usize::from(code)).copied()
-}
-
-/// Status codes run from 0 to this, inclusive.
-pub const STATUS_CODE_MAX: u8 = 2;
-
-pub fn status_code(s: DispatchStatus) -> u8 {
-    match s {
-        DispatchStatus::Active => 0,
-        DispatchStatus::Succeeded => 1,
-        DispatchStatus::Failed => 2,
-    }
-}
-
 /// (user, job kind, job id) -> the latest reported run or build object (JSON).
 pub const JOBS: TableDefinition<(&str, u8, &str), &[u8]> = TableDefinition::new("jobs");
-
-pub fn job_code(kind: crate::model::JobKind) -> u8 {
-    match kind {
-        crate::model::JobKind::Run => 1,
-        crate::model::JobKind::Build => 2,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_event_type_has_its_own_code() {
-        let mut codes: Vec<u8> = EVENT_TYPES.iter().map(|t| event_code(*t)).collect();
-        assert_eq!(codes, (0..=EVENT_CODE_MAX).collect::<Vec<_>>());
-        codes.dedup();
-        for code in 0..=EVENT_CODE_MAX {
-            assert_eq!(event_of_code(code).map(event_code), Some(code));
-        }
-        assert_eq!(event_of_code(EVENT_CODE_MAX + 1), None);
-        let statuses = [DispatchStatus::Active, DispatchStatus::Succeeded, DispatchStatus::Failed];
-        assert_eq!(statuses.map(status_code), [0, 1, STATUS_CODE_MAX]);
-    }
-}

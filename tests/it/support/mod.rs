@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod postgres;
 pub mod receiver;
 
 pub const ALICE: &str = "alice";

@@ -1,26 +1,27 @@
-//! Versioned on-disk records and their conversion to model types. A record is one version
+//! Versioned records and their conversion to model types, the same bytes in every backend. A record is one version
 //! byte followed by the JSON of that version's struct. Serde here is a compatibility promise:
 //! add a new version rather than changing an old one. (A leading byte, not an internally tagged
 //! enum: serde buffers every field of a tagged enum before decoding it, which is slow.)
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
-use super::redelivery::Redelivery;
-use super::schema::{event_code, event_of_code};
-use super::{EventAnswer, StoredJob};
+use super::codes::{event_code, event_of_code};
+use super::{EventAnswer, StoreError, StoredJob};
 use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, SigningKeys, Webhook};
 
 const V1: u8 = 1;
 
-fn encode_v1<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode_v1<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(256);
     out.push(V1);
     serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(out)
 }
 
-fn decode_v1<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, StoreError> {
+pub(crate) fn decode_v1<'a, T: Deserialize<'a>>(
+    what: &str,
+    bytes: &'a [u8],
+) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&V1, json)) => {
             serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
@@ -176,44 +177,6 @@ impl StatsState {
 }
 
 #[derive(Serialize, Deserialize)]
-struct RedeliveryV1 {
-    user_id: String,
-    status: String,
-    /// The last dispatch id looked at; `None` before the first chunk.
-    after_id: Option<String>,
-    from_id: String,
-    until_id: String,
-    due_ms: u64,
-    count: u64,
-}
-
-pub fn encode_redelivery(r: &Redelivery) -> Result<Vec<u8>, StoreError> {
-    encode_v1(&RedeliveryV1 {
-        user_id: r.user_id.clone(),
-        status: r.status.as_str().to_string(),
-        after_id: r.after_id.clone(),
-        from_id: r.from_id.clone(),
-        until_id: r.until_id.clone(),
-        due_ms: r.due_ms,
-        count: r.count,
-    })
-}
-
-pub fn decode_redelivery(webhook_id: &str, bytes: &[u8]) -> Result<Redelivery, StoreError> {
-    let r: RedeliveryV1 = decode_v1("redelivery", bytes)?;
-    Ok(Redelivery {
-        webhook_id: webhook_id.to_string(),
-        user_id: r.user_id,
-        status: status_of(&r.status)?,
-        after_id: r.after_id,
-        from_id: r.from_id,
-        until_id: r.until_id,
-        due_ms: r.due_ms,
-        count: r.count,
-    })
-}
-
-#[derive(Serialize, Deserialize)]
 struct SigningKeysV1 {
     /// Base64 of the key bytes.
     current: String,
@@ -258,7 +221,7 @@ pub fn encode_stats(s: &StatsState) -> Result<Vec<u8>, StoreError> {
     encode_v1(&rec)
 }
 
-fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
+pub(crate) fn status_of(s: &str) -> Result<DispatchStatus, StoreError> {
     Ok(match s {
         "ACTIVE" => DispatchStatus::Active,
         "SUCCEEDED" => DispatchStatus::Succeeded,
