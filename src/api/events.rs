@@ -48,7 +48,7 @@ async fn prepare(
     let keys: Vec<_> = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
     let limits = &state.limits;
     let max = limits.dispatches_per_request_max;
-    let Some(matches) = state.store.match_webhooks(&user.id, &keys, max) else {
+    let Some(matches) = state.store.match_webhooks(&user.id, &keys, max).await? else {
         return Err(ApiError::Limit {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             kind: "request-too-large",

@@ -118,8 +118,9 @@ impl Store {
     pub async fn open_postgres(
         url: &str,
         connections_max: usize,
+        limits: StoreLimits,
     ) -> Result<(Store, WriterHandle), StoreError> {
-        let store = postgres::PgStore::open(url, connections_max).await?;
+        let store = postgres::PgStore::open(url, connections_max, limits).await?;
         Ok((
             Store { backend: Backend::Postgres(store) },
             WriterHandle { inner: WriterInner::Postgres },
@@ -179,14 +180,18 @@ impl Store {
     }
 
     /// For each (event type, data), the user's webhooks it fires, oldest first; `None` past
-    /// `total_max` matches. From memory: no read.
-    pub fn match_webhooks(
+    /// `total_max` matches. From memory, after making sure the memory holds every webhook
+    /// write acknowledged before this call (on any node).
+    pub async fn match_webhooks(
         &self,
         user_id: &str,
         events: &[(EventType, EventData)],
         total_max: usize,
-    ) -> Option<Vec<Vec<Arc<Webhook>>>> {
-        on_backend!(self, b => b.match_webhooks(user_id, events, total_max))
+    ) -> Result<Option<Vec<Vec<Arc<Webhook>>>>, StoreError> {
+        match &self.backend {
+            Backend::Redb(b) => Ok(b.match_webhooks(user_id, events, total_max)),
+            Backend::Postgres(b) => b.match_webhooks(user_id, events, total_max).await,
+        }
     }
 
     /// The webhook's signing keys, if the user has that webhook.

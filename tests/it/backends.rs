@@ -11,7 +11,11 @@ use std::sync::Arc;
 use hookd::model::{
     Change, Condition, ConditionKind, EventData, EventType, Webhook, WebhookDraft, WebhookPatch,
 };
-use hookd::store::{PageRequest, Store, StoreError, StoreLimits, WebhookScope};
+use hookd::model::{Dispatch, DispatchStatus, JobKind};
+use hookd::store::{
+    DispatchFilter, DispatchScope, EventAnswer, JobReport, NewEvent, PageRequest, Store,
+    StoreError, StoreLimits, WebhookScope,
+};
 
 use crate::support::postgres;
 
@@ -44,7 +48,7 @@ fn on_redb(check: Check) {
 fn on_postgres(test: &str, check: Check) {
     let Some(url) = postgres::fresh_database(test) else { return };
     runtime().block_on(async {
-        let (store, writer) = Store::open_postgres(&url, 4).await.unwrap();
+        let (store, writer) = Store::open_postgres(&url, 4, limits()).await.unwrap();
         check(store).await;
         writer.close().await;
     });
@@ -72,6 +76,9 @@ on_every_backend!(
     the_webhook_limit_holds_and_frees_on_delete,
     signing_keys_rotate_with_an_overlap,
     matching_follows_creates_updates_and_deletes,
+    ingest_stores_what_the_webhooks_still_take,
+    a_repeated_event_key_answers_the_first_202,
+    job_reports_are_compare_and_set,
 );
 
 const ALICE: &str = "alice";
@@ -196,24 +203,24 @@ async fn signing_keys_rotate_with_an_overlap(store: Store) {
     assert_eq!((read.current, read.previous), (rotated.current, rotated.previous));
 }
 
-fn matched(store: &Store, user: &str, actor: &str) -> Vec<String> {
+async fn matched(store: &Store, user: &str, actor: &str) -> Vec<String> {
     let data = EventData { actor_id: actor.into(), ..EventData::default() };
-    let found = store.match_webhooks(user, &[(EventType::RunSucceeded, data)], 100).unwrap();
-    found[0].iter().map(|w: &Arc<Webhook>| w.id.clone()).collect()
+    let found = store.match_webhooks(user, &[(EventType::RunSucceeded, data)], 100).await;
+    found.unwrap().unwrap()[0].iter().map(|w: &Arc<Webhook>| w.id.clone()).collect()
 }
 
 async fn matching_follows_creates_updates_and_deletes(store: Store) {
     let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
-    assert_eq!(matched(&store, ALICE, "x"), vec![a.id.clone()]);
-    assert!(matched(&store, BOB, "x").is_empty());
+    assert_eq!(matched(&store, ALICE, "x").await, vec![a.id.clone()]);
+    assert!(matched(&store, BOB, "x").await.is_empty());
     let off = WebhookPatch { is_enabled: Change::Set(false), ..WebhookPatch::default() };
     store.update_webhook(ALICE.into(), a.id.clone(), off, 2).await.unwrap();
-    assert!(matched(&store, ALICE, "x").is_empty(), "disabled");
+    assert!(matched(&store, ALICE, "x").await.is_empty(), "disabled");
     let on = WebhookPatch { is_enabled: Change::Set(true), ..WebhookPatch::default() };
     store.update_webhook(ALICE.into(), a.id.clone(), on, 3).await.unwrap();
-    assert_eq!(matched(&store, ALICE, "x"), vec![a.id.clone()]);
+    assert_eq!(matched(&store, ALICE, "x").await, vec![a.id.clone()]);
     store.delete_webhook(ALICE.into(), a.id, 4).await.unwrap();
-    assert!(matched(&store, ALICE, "x").is_empty(), "deleted");
+    assert!(matched(&store, ALICE, "x").await.is_empty(), "deleted");
 }
 
 /// Two stores on one database (two nodes): each reads what the other wrote, racing creates
@@ -222,15 +229,33 @@ async fn matching_follows_creates_updates_and_deletes(store: Store) {
 fn postgres_nodes_share_webhooks_and_races_are_resolved_by_the_database() {
     let Some(url) = postgres::fresh_database("postgres_nodes_share") else { return };
     runtime().block_on(async {
-        let (a, _wa) = Store::open_postgres(&url, 4).await.unwrap();
-        let (b, _wb) = Store::open_postgres(&url, 4).await.unwrap();
+        let (a, _wa) = Store::open_postgres(&url, 4, limits()).await.unwrap();
+        let (b, _wb) = Store::open_postgres(&url, 4, limits()).await.unwrap();
         let w = a.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
         let (seen, _) =
             b.get_webhook(ALICE.into(), w.id.clone()).await.unwrap().expect("B reads A's");
         assert_eq!(seen, w);
-        // B's own next write brings A's create into B's match index.
-        b.create_webhook(webhook(ALICE, 2, draft("other", None)), 10).await.unwrap();
-        assert_eq!(matched(&b, ALICE, "x"), vec![w.id.clone()]);
+        // B matches A's acknowledged create at once (its index checks the change count).
+        assert_eq!(matched(&b, ALICE, "x").await, vec![w.id.clone()]);
+        let off = WebhookPatch { is_enabled: Change::Set(false), ..WebhookPatch::default() };
+        a.update_webhook(ALICE.into(), w.id.clone(), off, 2).await.unwrap();
+        assert!(matched(&b, ALICE, "x").await.is_empty(), "B sees A's disable at once");
+        let on = WebhookPatch { is_enabled: Change::Set(true), ..WebhookPatch::default() };
+        a.update_webhook(ALICE.into(), w.id.clone(), on, 3).await.unwrap();
+
+        // An event key raced on both nodes makes one event.
+        let racing = (0..6).map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let e = event(ALICE, 20 + i, Some("race"), &[(&w, EventType::RunSucceeded)]);
+            tokio::spawn(async move { s.ingest(vec![e], None).await })
+        });
+        let mut answers = Vec::new();
+        for r in racing {
+            answers.push(r.await.unwrap().unwrap().remove(0));
+        }
+        answers.dedup();
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(b.all_dispatches().await.unwrap().len(), 1);
 
         let creates = (0..8).map(|i| {
             let s = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -276,14 +301,165 @@ async fn ids_total(store: &Store, user: &str) -> u64 {
 fn postgres_refuses_a_newer_schema() {
     let Some(url) = postgres::fresh_database("postgres_newer_schema") else { return };
     runtime().block_on(async {
-        let (store, writer) = Store::open_postgres(&url, 2).await.unwrap();
+        let (store, writer) = Store::open_postgres(&url, 2, limits()).await.unwrap();
         writer.close().await;
         drop(store);
     });
     postgres::psql(&url, "UPDATE hookd_meta SET value = 99 WHERE name = 'schema_version'");
     runtime().block_on(async {
-        let refused = Store::open_postgres(&url, 2).await.err().expect("refused");
+        let refused = Store::open_postgres(&url, 2, limits()).await.err().expect("refused");
         let text = refused.to_string();
         assert!(text.contains("99") && text.contains("newer"), "{text}");
     });
+}
+
+/// An event of `user` at `ms` with one dispatch per (webhook, event type) given, as the API
+/// renders them (ids in time order).
+fn event(user: &str, ms: u64, key: Option<&str>, to: &[(&Webhook, EventType)]) -> NewEvent {
+    let dispatches = to
+        .iter()
+        .map(|(w, event_type)| Dispatch {
+            id: hookd::sys::new_time_id(ms).unwrap(),
+            user_id: user.into(),
+            webhook_id: w.id.clone(),
+            created_ms: ms,
+            status: DispatchStatus::Active,
+            event_type: *event_type,
+            event_data_json: Some("{}".into()),
+            condition: w.condition.clone(),
+            request_url: w.request_url.clone(),
+            is_ad_hoc: w.is_ad_hoc,
+            ignore_ssl_errors: false,
+            do_not_retry: false,
+            body: format!("{{\"at\":{ms}}}"),
+            headers: vec![("X-At".into(), ms.to_string())],
+            calls: vec![],
+            next_due_ms: Some(ms),
+            finished_ms: None,
+            calls_before_redelivery: 0,
+        })
+        .collect();
+    let test = to.iter().all(|(_, t)| *t == EventType::Test) && !to.is_empty();
+    NewEvent {
+        id: hookd::sys::new_time_id(ms).unwrap(),
+        user_id: user.into(),
+        created_ms: ms,
+        event_type: to.first().map_or(EventType::RunSucceeded, |(_, t)| *t),
+        idempotency_key: key.map(String::from),
+        record_json: (!test).then(|| "{}".into()),
+        dispatches,
+    }
+}
+
+async fn listed(
+    store: &Store,
+    user: &str,
+    scope: DispatchScope,
+    filter: DispatchFilter,
+) -> (u64, Vec<String>) {
+    let p = store.list_dispatches(user.into(), scope, filter, ALL).await.unwrap();
+    (p.total, p.items.into_iter().map(|d| d.id).collect())
+}
+
+async fn ingest_stores_what_the_webhooks_still_take(store: Store) {
+    let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
+    let mut off = draft("x", None);
+    off.is_enabled = false;
+    let b = store.create_webhook(webhook(ALICE, 2, off), 10).await.unwrap().webhook;
+    let mut once = draft("x", None);
+    once.is_ad_hoc = true;
+    once.condition = Condition { actor_run_id: Some("r1".into()), ..Condition::default() };
+    let c = store.create_webhook(webhook(ALICE, 3, once), 10).await.unwrap().webhook;
+    let gone = store.create_webhook(webhook(ALICE, 4, draft("x", None)), 10).await.unwrap().webhook;
+    store.delete_webhook(ALICE.into(), gone.id.clone(), 5).await.unwrap();
+    let run = EventType::RunSucceeded;
+
+    let e1 = event(ALICE, 10, None, &[(&a, run), (&b, run), (&c, run), (&gone, run)]);
+    let want = vec![e1.dispatches[0].clone(), e1.dispatches[2].clone()];
+    let e1_id = e1.id.clone();
+    let answers = store.ingest(vec![e1], None).await.unwrap();
+    let ids: Vec<String> = want.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(answers[0].dispatch_ids, ids, "the disabled and the deleted webhook take none");
+    assert_eq!((answers[0].id.as_str(), answers[0].created_ms), (e1_id.as_str(), 10));
+    let e2 = event(ALICE, 20, None, &[(&a, run), (&c, run)]);
+    let e2_first = e2.dispatches[0].id.clone();
+    let second = store.ingest(vec![e2], None).await.unwrap();
+    assert_eq!(second[0].dispatch_ids, vec![e2_first.clone()], "ad hoc fires once");
+    let test = event(ALICE, 30, None, &[(&b, EventType::Test)]);
+    let test_id = test.dispatches[0].id.clone();
+    let third = store.ingest(vec![test], None).await.unwrap();
+    assert_eq!(third[0].dispatch_ids, vec![test_id.clone()], "TEST calls a disabled one");
+
+    for d in &want {
+        assert_eq!(store.get_dispatch(ALICE.into(), d.id.clone()).await.unwrap().as_ref(), Some(d));
+        assert_eq!(store.get_dispatch(BOB.into(), d.id.clone()).await.unwrap(), None);
+    }
+    let all = DispatchFilter::default();
+    // Lists are in id order (ids of one millisecond in random order).
+    let mut mine = [ids.clone(), vec![e2_first.clone(), test_id]].concat();
+    mine.sort();
+    assert_eq!(listed(&store, ALICE, DispatchScope::User, all).await, (4, mine.clone()));
+    assert_eq!(listed(&store, BOB, DispatchScope::User, all).await, (0, vec![]));
+    let of_a = DispatchScope::Webhook(a.id.clone());
+    let mut a_ids = vec![ids[0].clone(), e2_first];
+    a_ids.sort();
+    assert_eq!(listed(&store, ALICE, of_a.clone(), all).await, (2, a_ids.clone()));
+    assert_eq!(listed(&store, BOB, of_a, all).await, (0, vec![]));
+    let tests = DispatchFilter { event_type: Some(EventType::Test), ..DispatchFilter::default() };
+    assert_eq!(listed(&store, ALICE, DispatchScope::User, tests).await.0, 1);
+    let failed =
+        DispatchFilter { status: Some(DispatchStatus::Failed), ..DispatchFilter::default() };
+    assert_eq!(listed(&store, ALICE, DispatchScope::User, failed).await.0, 0);
+    let page = PageRequest { offset: 1, limit: 2, desc: true };
+    let p = store.list_dispatches(ALICE.into(), DispatchScope::User, all, page).await.unwrap();
+    let got: Vec<String> = p.items.into_iter().map(|d| d.id).collect();
+    assert_eq!((p.total, got), (4, vec![mine[2].clone(), mine[1].clone()]));
+    let keys = store.outbox_keys().await.unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys.iter().all(|(t, _, _)| t == "http://127.0.0.1:9"), "{keys:?}");
+    let (_, stats) = store.get_webhook(ALICE.into(), a.id.clone()).await.unwrap().unwrap();
+    assert_eq!(stats.total_dispatches, 2);
+    assert_eq!(stats.last_dispatch.map(|l| l.status), Some(DispatchStatus::Active));
+}
+
+async fn a_repeated_event_key_answers_the_first_202(store: Store) {
+    let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
+    let run = EventType::RunSucceeded;
+    let first: EventAnswer = store
+        .ingest(vec![event(ALICE, 10, Some("k"), &[(&a, run)])], None)
+        .await
+        .unwrap()
+        .remove(0);
+    let again = store.ingest(vec![event(ALICE, 20, Some("k"), &[(&a, run)])], None).await.unwrap();
+    assert_eq!(again, vec![first.clone()]);
+    // Twice in one request: the second answers the first.
+    let both =
+        vec![event(ALICE, 30, Some("j"), &[(&a, run)]), event(ALICE, 31, Some("j"), &[(&a, run)])];
+    let answers = store.ingest(both, None).await.unwrap();
+    assert_eq!(answers[0], answers[1]);
+    // Keys are per user.
+    let bobs = store.ingest(vec![event(BOB, 40, Some("k"), &[])], None).await.unwrap();
+    assert_ne!(bobs[0].id, first.id);
+    assert_eq!(store.all_dispatches().await.unwrap().len(), 2);
+}
+
+async fn job_reports_are_compare_and_set(store: Store) {
+    let report = |expected: Option<&str>, status: &str| JobReport {
+        user_id: ALICE.into(),
+        kind: JobKind::Run,
+        id: "run-1".into(),
+        expected_status: expected.map(String::from),
+        status: status.into(),
+        object_json: format!("{{\"id\":\"run-1\",\"status\":\"{status}\"}}"),
+    };
+    store.ingest(vec![], Some(report(None, "RUNNING"))).await.unwrap();
+    let raced = store.ingest(vec![], Some(report(None, "RUNNING"))).await;
+    assert!(matches!(raced, Err(StoreError::Conflict)), "{raced:?}");
+    let stale = store.ingest(vec![], Some(report(Some("READY"), "FAILED"))).await;
+    assert!(matches!(stale, Err(StoreError::Conflict)), "{stale:?}");
+    store.ingest(vec![], Some(report(Some("RUNNING"), "SUCCEEDED"))).await.unwrap();
+    let job = store.get_job(ALICE.into(), JobKind::Run, "run-1".into()).await.unwrap().unwrap();
+    assert_eq!(job.status.as_deref(), Some("SUCCEEDED"));
+    assert!(job.object_json.contains("SUCCEEDED"), "{}", job.object_json);
+    assert!(store.get_job(BOB.into(), JobKind::Run, "run-1".into()).await.unwrap().is_none());
 }

@@ -9,18 +9,20 @@
 //! Under way (issue 12): webhooks, signing keys and jobs are here; ingest, the outbox and
 //! delivery with leases, retention and the rest answer `Unavailable` until they land.
 
+mod dispatches;
 mod schema;
 mod webhooks;
+mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::index::{IndexChange, MatchIndex};
-use super::{Fatal, StoreError, records};
+use super::{EventAnswer, Fatal, JobReport, NewEvent, StoreError, StoreLimits, records};
 use crate::metrics::Metrics;
 use crate::model::{EventData, EventType, Webhook};
 
@@ -39,6 +41,22 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Storage(format!("PostgreSQL connection: {e}"))
 }
 
+/// Writer tasks per node (writer.rs).
+const WRITER_TASKS: usize = 2;
+
+/// Targets are spread over this many shards, each delivered by one node at a time.
+pub(super) const SHARDS: u16 = 256;
+
+/// The shard of a target: FNV-1a of its text, so every node and version computes the same.
+pub(super) fn shard_of(target: &str) -> i16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in target.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    i16::try_from(h % u64::from(SHARDS)).unwrap_or(0)
+}
+
 /// Cheap to clone; all clones share the pool and the match index.
 #[derive(Clone)]
 pub struct PgStore {
@@ -47,20 +65,29 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    writes: mpsc::Sender<writer::WriteOp>,
     index: MatchIndex,
     /// `hookd_meta.changes` as the index reflects it.
     index_changes: AtomicI64,
     /// Held while the index is reloaded, so that concurrent reloads do not race.
     reloading: Mutex<()>,
+    /// Freshness checks begun and the number of the last one done (`fresh_index`).
+    checks_started: AtomicU64,
+    checks_done: AtomicU64,
+    checking: Mutex<()>,
     metrics: Arc<Metrics>,
     fatal: Arc<Fatal>,
     outbox_changed: Arc<Notify>,
 }
 
 impl PgStore {
-    /// Connects (at most `connections_max` connections), creates or migrates the schema and
-    /// loads the match index.
-    pub async fn open(url: &str, connections_max: usize) -> Result<PgStore, StoreError> {
+    /// Connects (at most `connections_max` connections), creates or migrates the schema,
+    /// loads the match index and starts the writer tasks.
+    pub async fn open(
+        url: &str,
+        connections_max: usize,
+        limits: StoreLimits,
+    ) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Storage(format!("postgres_url: {e}")))?;
         let manager = Manager::from_config(
@@ -76,19 +103,48 @@ impl PgStore {
             let mut client = pool.get().await.map_err(pool_error)?;
             schema::migrate(&mut client).await?;
         }
+        let (writes, rx) = mpsc::channel(limits.write_queue_max.max(1));
         let store = PgStore {
             inner: Arc::new(Inner {
                 pool,
+                writes,
                 index: MatchIndex::default(),
                 index_changes: AtomicI64::new(-1),
                 reloading: Mutex::new(()),
+                checks_started: AtomicU64::new(0),
+                checks_done: AtomicU64::new(0),
+                checking: Mutex::new(()),
                 metrics: Arc::new(Metrics::default()),
                 fatal: Arc::new(Fatal::default()),
                 outbox_changed: Arc::new(Notify::new()),
             }),
         };
         store.reload_index().await?;
+        let queue = Arc::new(writer::Queue {
+            rx: Mutex::new(rx),
+            batch_max: limits.write_batch_max.max(1),
+        });
+        // Two transactions in flight: one commits while the next group is gathered and sent.
+        for _ in 0..WRITER_TASKS {
+            tokio::spawn(writer::run(store.clone(), queue.clone()));
+        }
         Ok(store)
+    }
+
+    /// Stores events with their dispatches and outbox rows (and a job report) in one group
+    /// transaction; the answer comes after its commit.
+    pub async fn ingest(
+        &self,
+        events: Vec<NewEvent>,
+        job: Option<JobReport>,
+    ) -> Result<Vec<EventAnswer>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let op = writer::WriteOp::Ingest { events, job, reply };
+        self.inner.writes.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
+        })?;
+        answer.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
@@ -147,13 +203,42 @@ impl PgStore {
         self.reload_index().await
     }
 
-    pub fn match_webhooks(
+    /// Matches from memory once the index holds every webhook write committed before this
+    /// call (`fresh_index`).
+    pub async fn match_webhooks(
         &self,
         user_id: &str,
         events: &[(EventType, EventData)],
         total_max: usize,
-    ) -> Option<Vec<Vec<Arc<Webhook>>>> {
-        self.inner.index.matches(user_id, events, total_max)
+    ) -> Result<Option<Vec<Vec<Arc<Webhook>>>>, StoreError> {
+        self.fresh_index().await?;
+        Ok(self.inner.index.matches(user_id, events, total_max))
+    }
+
+    /// Makes sure the index is at least as new as the change count read after this call
+    /// began. Callers that arrive while a check runs share the next one, so a burst of
+    /// ingests costs one small read per round trip, not one each.
+    async fn fresh_index(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let arrived = inner.checks_started.load(Ordering::SeqCst);
+        let _one = inner.checking.lock().await;
+        // A check numbered above `arrived` began after this call did: its answer will do.
+        if inner.checks_done.load(Ordering::SeqCst) > arrived {
+            return Ok(());
+        }
+        let mine = inner.checks_started.fetch_add(1, Ordering::SeqCst) + 1;
+        let changes: i64 = self
+            .client()
+            .await?
+            .query_one("SELECT value FROM hookd_meta WHERE name = 'changes'", &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if changes != inner.index_changes.load(Ordering::SeqCst) {
+            self.reload_index().await?;
+        }
+        inner.checks_done.store(mine, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
@@ -195,14 +280,6 @@ pub(super) fn not_yet(what: &str) -> StoreError {
 
 /// The operations still to come on PostgreSQL (see the module's doc).
 impl PgStore {
-    pub async fn ingest(
-        &self,
-        _events: Vec<super::NewEvent>,
-        _job: Option<super::JobReport>,
-    ) -> Result<Vec<super::EventAnswer>, StoreError> {
-        Err(not_yet("ingest"))
-    }
-
     pub async fn record_call(
         &self,
         _dispatch_id: String,
@@ -210,24 +287,6 @@ impl PgStore {
         _decision: crate::model::Decision,
     ) -> Result<(), StoreError> {
         Err(not_yet("delivery"))
-    }
-
-    pub async fn get_dispatch(
-        &self,
-        _user_id: String,
-        _id: String,
-    ) -> Result<Option<crate::model::Dispatch>, StoreError> {
-        Err(not_yet("dispatches"))
-    }
-
-    pub async fn list_dispatches(
-        &self,
-        _user_id: String,
-        _scope: super::DispatchScope,
-        _filter: super::DispatchFilter,
-        _page: super::PageRequest,
-    ) -> Result<super::Page<crate::model::Dispatch>, StoreError> {
-        Err(not_yet("dispatches"))
     }
 
     pub async fn due_dispatches<P: super::DuePicker>(
@@ -271,13 +330,5 @@ impl PgStore {
         let (_, active) = self.counts().await?;
         self.inner.metrics.dispatches_active.set(i64::try_from(active).unwrap_or(i64::MAX));
         Ok(())
-    }
-
-    pub async fn outbox_keys(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
-        Err(not_yet("the outbox"))
-    }
-
-    pub async fn all_dispatches(&self) -> Result<Vec<crate::model::Dispatch>, StoreError> {
-        Err(not_yet("dispatches"))
     }
 }

@@ -56,8 +56,8 @@ CREATE TABLE events (
     user_id text NOT NULL,
     created_ms bigint NOT NULL,
     idempotency_key text,
-    record bytea NOT NULL,
-    dispatch_ids text[] NOT NULL
+    -- The event as accepted, with its dispatch ids (records.rs).
+    record bytea NOT NULL
 );
 CREATE INDEX events_by_time ON events (created_ms, id);
 CREATE TABLE event_idem (

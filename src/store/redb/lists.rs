@@ -22,6 +22,17 @@ pub(super) fn page(
     filter: DispatchFilter,
     page: PageRequest,
 ) -> Result<(u64, Vec<String>), StoreError> {
+    // Another user's webhook lists nothing (not even a total).
+    if let DispatchScope::Webhook(w) = scope {
+        let webhooks = rtx.open_table(WEBHOOKS).map_err(storage)?;
+        let owned = match webhooks.get(w.as_str()).map_err(storage)? {
+            Some(v) => records::decode_webhook(v.value())?.user_id == user_id,
+            None => false,
+        };
+        if !owned {
+            return Ok((0, Vec::new()));
+        }
+    }
     let statuses: Vec<u8> = match filter.status {
         Some(s) => vec![status_code(s)],
         None => (0..=STATUS_CODE_MAX).collect(),

@@ -1,0 +1,412 @@
+//! Group commit on PostgreSQL: writer tasks take what is queued (up to `write_batch_max` ops)
+//! and apply it in one transaction of batched statements, then answer each op. A transaction
+//! that meets a deadlock, a serialization failure or a key another node inserted meanwhile is
+//! retried whole; any other error answers the group with it (the node lives on: a database
+//! restart is survived by reconnecting).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+
+use super::{PgStore, pg_error, shard_of};
+use crate::store::codes::{event_code, job_code, status_code};
+use crate::store::index::IndexChange;
+use crate::store::{EventAnswer, JobReport, NewEvent, StoreError, records};
+
+/// Attempts at one group before its ops are answered with the error.
+const ATTEMPTS_MAX: usize = 4;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(super) enum WriteOp {
+    Ingest { events: Vec<NewEvent>, job: Option<JobReport>, reply: Reply<Vec<EventAnswer>> },
+}
+
+/// The writer tasks' shared queue.
+pub(super) struct Queue {
+    pub rx: Mutex<mpsc::Receiver<WriteOp>>,
+    pub batch_max: usize,
+}
+
+/// Why a group is tried again.
+enum Failure {
+    Retry(String),
+    Error(StoreError),
+}
+
+fn failure(e: tokio_postgres::Error) -> Failure {
+    match e.code() {
+        Some(c)
+            if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+        {
+            Failure::Retry(e.to_string())
+        }
+        _ => Failure::Error(pg_error(e)),
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::Error(e)
+    }
+}
+
+/// Runs one writer task until the queue closes.
+pub(super) async fn run(store: PgStore, queue: Arc<Queue>) {
+    loop {
+        let ops = {
+            let mut rx = queue.rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut ops = vec![first];
+            while ops.len() < queue.batch_max {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            ops
+        };
+        store.apply(ops).await;
+    }
+}
+
+impl PgStore {
+    async fn apply(&self, ops: Vec<WriteOp>) {
+        let mut last = StoreError::Storage("no attempt".into());
+        for attempt in 1..=ATTEMPTS_MAX {
+            match self.try_group(&ops).await {
+                Ok((answers, fired)) => {
+                    if !fired.is_empty() {
+                        self.inner.index.apply(fired);
+                    }
+                    self.inner.outbox_changed.notify_waiters();
+                    for (op, answer) in ops.into_iter().zip(answers) {
+                        let WriteOp::Ingest { reply, .. } = op;
+                        let _ = reply.send(answer);
+                    }
+                    return;
+                }
+                Err(Failure::Retry(why)) => {
+                    tracing::debug!(attempt, why, "retrying a write group");
+                    last = StoreError::Storage(why);
+                }
+                Err(Failure::Error(e)) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        for op in ops {
+            let WriteOp::Ingest { reply, .. } = op;
+            let _ = reply.send(Err(StoreError::Storage(last.to_string())));
+        }
+    }
+
+    /// One transaction for the group: each op's answer, and the ad-hoc webhooks that fired.
+    async fn try_group(
+        &self,
+        ops: &[WriteOp],
+    ) -> Result<(Vec<Result<Vec<EventAnswer>, StoreError>>, Vec<IndexChange>), Failure> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(failure)?;
+        let mut answers: Vec<Option<Result<Vec<EventAnswer>, StoreError>>> =
+            (0..ops.len()).map(|_| None).collect();
+        // A job report stores only if the job's status is still the one it was made from.
+        for (i, WriteOp::Ingest { job, .. }) in ops.iter().enumerate() {
+            let Some(job) = job else { continue };
+            let kind = i16::from(job_code(job.kind));
+            let applied = match &job.expected_status {
+                Some(expected) => tx
+                    .execute(
+                        "UPDATE jobs SET status = $4, object = $5
+                         WHERE user_id = $1 AND kind = $2 AND id = $3 AND status = $6",
+                        &[&job.user_id, &kind, &job.id, &job.status, &job.object_json, expected],
+                    )
+                    .await
+                    .map_err(failure)?,
+                None => tx
+                    .execute(
+                        "INSERT INTO jobs (user_id, kind, id, status, object)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        &[&job.user_id, &kind, &job.id, &job.status, &job.object_json],
+                    )
+                    .await
+                    .map_err(failure)?,
+            };
+            if applied == 0 {
+                answers[i] = Some(Err(StoreError::Conflict));
+            }
+        }
+        let events: Vec<(usize, &NewEvent)> = ops
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| answers[*i].is_none())
+            .flat_map(|(i, WriteOp::Ingest { events, .. })| events.iter().map(move |e| (i, e)))
+            .collect();
+        let replayed = stored_answers(&tx, &events).await?;
+        let checks = webhook_checks(&tx, &events).await?;
+        let mut plan = Plan::default();
+        let mut firsts: HashMap<(&str, &str), EventAnswer> = HashMap::new();
+        let mut per_op: Vec<Vec<EventAnswer>> = vec![Vec::new(); ops.len()];
+        for (i, e) in &events {
+            if let Some(key) = &e.idempotency_key {
+                let k = (e.user_id.as_str(), key.as_str());
+                if let Some(a) = replayed.get(&(e.user_id.clone(), key.clone())).or(firsts.get(&k))
+                {
+                    per_op[*i].push(a.clone());
+                    continue;
+                }
+            }
+            let answer = plan.add(e, &checks)?;
+            if let Some(key) = &e.idempotency_key {
+                firsts.insert((e.user_id.as_str(), key.as_str()), answer.clone());
+            }
+            per_op[*i].push(answer);
+        }
+        plan.write(&tx).await?;
+        tx.commit().await.map_err(failure)?;
+        let fired = plan
+            .fired
+            .iter()
+            .filter_map(|id| checks.get(id)?.webhook.as_ref())
+            .map(IndexChange::removing)
+            .collect();
+        let answers = answers
+            .into_iter()
+            .zip(per_op)
+            .map(|(refused, made)| refused.unwrap_or(Ok(made)))
+            .collect();
+        Ok((answers, fired))
+    }
+}
+
+/// The first answers of the keyed events whose keys are already stored.
+async fn stored_answers(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[(usize, &NewEvent)],
+) -> Result<HashMap<(String, String), EventAnswer>, Failure> {
+    let (users, keys): (Vec<&str>, Vec<&str>) = events
+        .iter()
+        .filter_map(|(_, e)| Some((e.user_id.as_str(), e.idempotency_key.as_deref()?)))
+        .unzip();
+    let mut found = HashMap::new();
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    let rows = tx
+        .query(
+            "SELECT i.user_id, i.key, i.answer FROM event_idem i
+             JOIN unnest($1::text[], $2::text[]) AS k(user_id, key)
+               ON i.user_id = k.user_id AND i.key = k.key",
+            &[&users, &keys],
+        )
+        .await
+        .map_err(failure)?;
+    for row in rows {
+        let answer = records::decode_event_answer(row.get(2))?;
+        found.insert((row.get(0), row.get(1)), answer);
+    }
+    Ok(found)
+}
+
+/// What the group's transaction knows of a matched webhook, locked `FOR SHARE` so that a
+/// racing delete or update waits for this commit (and then ends or sees what it made).
+struct Check {
+    /// Read only for an ad-hoc webhook (which this node's index drops once it fired).
+    webhook: Option<crate::model::Webhook>,
+    is_enabled: bool,
+    fired: bool,
+}
+
+async fn webhook_checks(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[(usize, &NewEvent)],
+) -> Result<HashMap<String, Check>, Failure> {
+    let mut ids: Vec<&str> = events
+        .iter()
+        .flat_map(|(_, e)| e.dispatches.iter().map(|d| d.webhook_id.as_str()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut checks = HashMap::new();
+    if ids.is_empty() {
+        return Ok(checks);
+    }
+    // In id order, so that two groups lock shared rows in one order.
+    let rows = tx
+        .query(
+            "SELECT id, is_enabled, fired, CASE WHEN is_ad_hoc THEN record END
+             FROM webhooks WHERE id = ANY($1) ORDER BY id FOR SHARE",
+            &[&ids],
+        )
+        .await
+        .map_err(failure)?;
+    for row in rows {
+        let webhook = match row.get::<_, Option<&[u8]>>(3) {
+            Some(bytes) => Some(records::decode_webhook(bytes)?),
+            None => None,
+        };
+        checks.insert(
+            row.get::<_, String>(0),
+            Check { webhook, is_enabled: row.get(1), fired: row.get(2) },
+        );
+    }
+    Ok(checks)
+}
+
+/// The rows one group inserts, as columns for `unnest`.
+#[derive(Default)]
+struct Plan {
+    d_id: Vec<String>,
+    d_user: Vec<String>,
+    d_webhook: Vec<String>,
+    d_created: Vec<i64>,
+    d_type: Vec<i16>,
+    d_status: Vec<i16>,
+    d_request: Vec<Vec<u8>>,
+    d_state: Vec<Vec<u8>>,
+    d_due: Vec<Option<i64>>,
+    d_finished: Vec<Option<i64>>,
+    d_target: Vec<String>,
+    d_shard: Vec<i16>,
+    e_id: Vec<String>,
+    e_user: Vec<String>,
+    e_created: Vec<i64>,
+    e_key: Vec<Option<String>>,
+    e_record: Vec<Vec<u8>>,
+    k_user: Vec<String>,
+    k_key: Vec<String>,
+    k_event: Vec<String>,
+    k_answer: Vec<Vec<u8>>,
+    fired: HashSet<String>,
+}
+
+fn db_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Plan {
+    /// Adds the event and those of its dispatches whose webhook still takes them; its answer.
+    fn add(
+        &mut self,
+        e: &NewEvent,
+        checks: &HashMap<String, Check>,
+    ) -> Result<EventAnswer, Failure> {
+        let mut ids = Vec::with_capacity(e.dispatches.len());
+        for d in &e.dispatches {
+            // Deleted since it was matched (ids are never reused, so it is the user's own).
+            let Some(check) = checks.get(&d.webhook_id) else { continue };
+            // Disabled since (the test route calls a disabled one too).
+            if !check.is_enabled && d.event_type != crate::model::EventType::Test {
+                continue;
+            }
+            if d.fires_ad_hoc() && (check.fired || !self.fired.insert(d.webhook_id.clone())) {
+                continue; // an ad-hoc webhook fires once
+            }
+            let state = records::state_of(d);
+            self.d_id.push(d.id.clone());
+            self.d_user.push(d.user_id.clone());
+            self.d_webhook.push(d.webhook_id.clone());
+            self.d_created.push(db_i64(d.created_ms));
+            self.d_type.push(i16::from(event_code(d.event_type)));
+            self.d_status.push(i16::from(status_code(d.status)));
+            self.d_request.push(records::encode_dispatch_request(d)?);
+            self.d_state.push(records::encode_dispatch_state(&state)?);
+            self.d_due.push(d.next_due_ms.map(db_i64));
+            self.d_finished.push(d.finished_ms.map(db_i64));
+            self.d_shard.push(shard_of(&state.target));
+            self.d_target.push(state.target);
+            ids.push(d.id.clone());
+        }
+        let answer = EventAnswer {
+            id: e.id.clone(),
+            created_ms: e.created_ms,
+            event_type: e.event_type.as_str().to_string(),
+            dispatch_ids: ids,
+        };
+        if let Some(record) = &e.record_json {
+            let key = e.idempotency_key.as_deref();
+            self.e_id.push(e.id.clone());
+            self.e_user.push(e.user_id.clone());
+            self.e_created.push(db_i64(e.created_ms));
+            self.e_key.push(e.idempotency_key.clone());
+            self.e_record.push(records::encode_event(
+                &e.user_id,
+                key,
+                &answer.dispatch_ids,
+                record,
+            )?);
+            if let Some(key) = key {
+                self.k_user.push(e.user_id.clone());
+                self.k_key.push(key.to_string());
+                self.k_event.push(e.id.clone());
+                self.k_answer.push(records::encode_event_answer(&answer)?);
+            }
+        }
+        Ok(answer)
+    }
+
+    async fn write(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), Failure> {
+        if !self.fired.is_empty() {
+            let fired: Vec<&String> = self.fired.iter().collect();
+            tx.execute("UPDATE webhooks SET fired = true WHERE id = ANY($1)", &[&fired])
+                .await
+                .map_err(failure)?;
+        }
+        if !self.d_id.is_empty() {
+            tx.execute(
+                "INSERT INTO dispatches (id, user_id, webhook_id, created_ms, event_type, status,
+                    request, state, next_due_ms, finished_ms, target, shard)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int2[],
+                    $6::int2[], $7::bytea[], $8::bytea[], $9::int8[], $10::int8[], $11::text[],
+                    $12::int2[])",
+                &[
+                    &self.d_id,
+                    &self.d_user,
+                    &self.d_webhook,
+                    &self.d_created,
+                    &self.d_type,
+                    &self.d_status,
+                    &self.d_request,
+                    &self.d_state,
+                    &self.d_due,
+                    &self.d_finished,
+                    &self.d_target,
+                    &self.d_shard,
+                ],
+            )
+            .await
+            .map_err(failure)?;
+            tx.execute("SELECT pg_notify('hookd_outbox', '')", &[]).await.map_err(failure)?;
+        }
+        if !self.e_id.is_empty() {
+            tx.execute(
+                "INSERT INTO events (id, user_id, created_ms, idempotency_key, record)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[])",
+                &[&self.e_id, &self.e_user, &self.e_created, &self.e_key, &self.e_record],
+            )
+            .await
+            .map_err(failure)?;
+        }
+        if !self.k_key.is_empty() {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO event_idem (user_id, key, event_id, answer)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+                     ON CONFLICT DO NOTHING",
+                    &[&self.k_user, &self.k_key, &self.k_event, &self.k_answer],
+                )
+                .await
+                .map_err(failure)?;
+            if inserted != self.k_key.len() as u64 {
+                // Another node stored one of these keys after this group looked: the next
+                // attempt answers it with that node's answer.
+                return Err(Failure::Retry("an idempotency key was taken meanwhile".into()));
+            }
+        }
+        Ok(())
+    }
+}
