@@ -7,6 +7,10 @@
 //!
 //! `smoke` is a few-second run of every scenario at tiny sizes (part of the test command, so the
 //! benchmark cannot rot); it checks only that numbers were produced.
+//!
+//! With `BENCH_POSTGRES_URL` set (a database URL whose user may create databases), each daemon
+//! runs on PostgreSQL instead of redb, on a fresh database made with `psql` (found on PATH or
+//! in `BENCH_POSTGRES_BIN`). The CPU column counts hookd only, not PostgreSQL.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -147,8 +151,9 @@ impl Daemon {
     fn start(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[[users]]\nid = \"bench\"\ntoken = \"{TOKEN}\"\n{extra}\n",
-            dir.path().join("data").display()
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[[users]]\nid = \"bench\"\ntoken = \"{TOKEN}\"\n{extra}\n{}",
+            dir.path().join("data").display(),
+            store_section()
         );
         std::fs::write(dir.path().join("hookd.toml"), &config).expect("config");
         let (child, addr, _) = spawn_daemon(dir.path());
@@ -232,6 +237,24 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `[store]` section: empty (redb), or a fresh PostgreSQL database (`BENCH_POSTGRES_URL`).
+fn store_section() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let Ok(url) = std::env::var("BENCH_POSTGRES_URL") else { return String::new() };
+    let name = format!("bench_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let psql = match std::env::var("BENCH_POSTGRES_BIN") {
+        Ok(dir) => std::path::Path::new(&dir).join("psql"),
+        Err(_) => "psql".into(),
+    };
+    let ok = Command::new(psql)
+        .args([url.as_str(), "-X", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "psql could not create the bench database on BENCH_POSTGRES_URL");
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+    format!("[store]\nbackend = \"postgres\"\npostgres_url = \"{base}/{name}\"\n")
 }
 
 fn spawn_daemon(dir: &std::path::Path) -> (Child, SocketAddr, Duration) {

@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::{self, ApiState, ByteBudget, RenderPool, Renderer};
-use crate::config::{Config, User};
+use crate::config::{Config, StoreBackend, User};
 use crate::delivery::Dispatcher;
 use crate::delivery::sender::{Sender, SenderConfig};
 use crate::sd_notify::notify;
@@ -62,8 +62,19 @@ pub async fn run_on(
         finished_max_age_ms: config.retention.finished_max_age_ms,
         store_bytes_max: config.retention.store_bytes_max,
     };
-    let (store, writer) = Store::open_on(storage, &store_path, store_limits)
-        .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let (store, writer) = match config.store.backend {
+        StoreBackend::Redb => Store::open_on(storage, &store_path, store_limits)
+            .with_context(|| format!("opening the store {}", store_path.display()))?,
+        // The URL is not logged: it may hold a password.
+        StoreBackend::Postgres => Store::open_postgres(
+            &config.store.postgres_url,
+            config.store.postgres_connections_max,
+            config.store.lease_ttl_ms,
+            store_limits,
+        )
+        .await
+        .context("opening the PostgreSQL store (store.postgres_url)")?,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

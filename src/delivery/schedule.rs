@@ -170,15 +170,15 @@ impl DuePicker for PassPicker {
         self.in_flight.contains(id)
     }
 
-    fn admit(&mut self, d: &Dispatch) -> bool {
-        let user_busy = self.per_user.get(&d.user_id).copied().unwrap_or(0)
-            + self.taken_per_user.get(&d.user_id).copied().unwrap_or(0);
+    fn admit(&mut self, user_id: &str) -> bool {
+        let user_busy = self.per_user.get(user_id).copied().unwrap_or(0)
+            + self.taken_per_user.get(user_id).copied().unwrap_or(0);
         if user_busy >= self.per_user_max {
             // Its owner has every slot it may hold: leave the target for now (a later pass
             // takes it once that user's calls end).
             return false;
         }
-        *self.taken_per_user.entry(d.user_id.clone()).or_default() += 1;
+        *self.taken_per_user.entry(user_id.to_string()).or_default() += 1;
         self.taken += 1;
         true
     }

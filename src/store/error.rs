@@ -2,6 +2,16 @@
 
 use crate::model::FieldError;
 
+/// A redelivery of a dispatch still being delivered.
+pub(crate) fn refused_active() -> StoreError {
+    StoreError::Refused("The dispatch is ACTIVE: it is being delivered.".into())
+}
+
+/// A redelivery of a dispatch whose webhook is gone.
+pub(crate) fn refused_deleted() -> StoreError {
+    StoreError::Refused("The dispatch's webhook was deleted: it is not delivered again.".into())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The record does not exist or belongs to another user.

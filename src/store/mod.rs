@@ -69,8 +69,8 @@ pub struct WriterHandle {
 
 enum WriterInner {
     Redb(embedded::WriterHandle),
-    /// Each write commits in its own transaction: nothing to wait for.
-    Postgres,
+    /// Writes are answered after their commit: closing gives up the node's delivery leases.
+    Postgres(postgres::PgStore),
 }
 
 impl WriterHandle {
@@ -78,7 +78,7 @@ impl WriterHandle {
     pub async fn close(self) {
         match self.inner {
             WriterInner::Redb(w) => w.close().await,
-            WriterInner::Postgres => {}
+            WriterInner::Postgres(store) => store.close().await,
         }
     }
 }
@@ -115,15 +115,18 @@ impl Store {
 
     /// Connects to the PostgreSQL database at `url` (at most `connections_max` connections),
     /// creating or migrating hookd's schema in it; refuses a schema newer than this hookd's.
+    /// Delivery is shared between the nodes on the database by leases that lapse after
+    /// `lease_ttl_ms` without renewal.
     pub async fn open_postgres(
         url: &str,
         connections_max: usize,
+        lease_ttl_ms: u64,
         limits: StoreLimits,
     ) -> Result<(Store, WriterHandle), StoreError> {
-        let store = postgres::PgStore::open(url, connections_max, limits).await?;
+        let store = postgres::PgStore::open(url, connections_max, lease_ttl_ms, limits).await?;
         Ok((
-            Store { backend: Backend::Postgres(store) },
-            WriterHandle { inner: WriterInner::Postgres },
+            Store { backend: Backend::Postgres(store.clone()) },
+            WriterHandle { inner: WriterInner::Postgres(store) },
         ))
     }
 

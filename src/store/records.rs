@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codes::{event_code, event_of_code};
 use super::{EventAnswer, StoreError, StoredJob};
-use crate::model::{Call, Condition, Dispatch, DispatchStatus, EventType, SigningKeys, Webhook};
+use crate::model::{
+    Call, Condition, Decision, Dispatch, DispatchStatus, EventType, SigningKeys, Webhook,
+};
 
 const V1: u8 = 1;
 
@@ -308,6 +310,51 @@ pub struct DispatchState {
     pub finished_ms: Option<u64>,
     /// Calls made before the latest redelivery: the retry schedule counts from there.
     pub calls_before_redelivery: usize,
+}
+
+impl DispatchState {
+    /// ACTIVE again, due at `due_ms`, its retry schedule counted from here (a redelivery).
+    pub fn reactivate(&mut self, due_ms: u64) {
+        self.status = DispatchStatus::Active;
+        self.finished_ms = None;
+        self.next_due_ms = Some(due_ms);
+        self.calls_before_redelivery = self.calls.len();
+    }
+
+    /// Ends an ACTIVE dispatch FAILED because its webhook was deleted at `at_ms`
+    /// (`Call::webhook_removed`); `false` if it had ended already.
+    pub fn end_removed(&mut self, at_ms: u64) -> bool {
+        if self.status != DispatchStatus::Active {
+            return false;
+        }
+        self.calls.push(Call::webhook_removed(at_ms));
+        self.status = DispatchStatus::Failed;
+        self.next_due_ms = None;
+        self.finished_ms = Some(at_ms);
+        true
+    }
+
+    /// Appends a call and applies the decision: the next due time, or the end. A dispatch
+    /// that ended while its call was in flight (its webhook was deleted) keeps its end.
+    pub fn record(&mut self, call: Call, decision: Decision) {
+        let finished_ms = call.finished_ms;
+        self.calls.push(call);
+        if self.status != DispatchStatus::Active {
+            return;
+        }
+        match decision {
+            Decision::RetryAt(due) => self.next_due_ms = Some(due),
+            Decision::Succeeded | Decision::Failed => {
+                self.status = if decision == Decision::Succeeded {
+                    DispatchStatus::Succeeded
+                } else {
+                    DispatchStatus::Failed
+                };
+                self.next_due_ms = None;
+                self.finished_ms = Some(finished_ms);
+            }
+        }
+    }
 }
 
 pub fn encode_dispatch_request(d: &Dispatch) -> Result<Vec<u8>, StoreError> {

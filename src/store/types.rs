@@ -131,8 +131,9 @@ pub trait DuePicker: Send + 'static {
     fn target_room(&self, target: &str) -> usize;
     /// `id` is being called already: passed over without being read.
     fn in_flight(&self, id: &str) -> bool;
-    /// Takes `d` (`true`), or leaves the rest of its target for this pass (`false`).
-    fn admit(&mut self, d: &Dispatch) -> bool;
+    /// Takes the next due dispatch of the target, owned by `user_id` (`true`), or leaves the
+    /// rest of its target for this pass (`false`).
+    fn admit(&mut self, user_id: &str) -> bool;
     /// The pass wants the signing keys of the webhooks it takes.
     fn wants_signing_keys(&self) -> bool;
 }

@@ -8,10 +8,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use hookd::delivery::Scheduler;
+use hookd::model::{Call, Decision, Dispatch, DispatchStatus, JobKind};
 use hookd::model::{
     Change, Condition, ConditionKind, EventData, EventType, Webhook, WebhookDraft, WebhookPatch,
 };
-use hookd::model::{Dispatch, DispatchStatus, JobKind};
 use hookd::store::{
     DispatchFilter, DispatchScope, EventAnswer, JobReport, NewEvent, PageRequest, Store,
     StoreError, StoreLimits, WebhookScope,
@@ -48,7 +49,7 @@ fn on_redb(check: Check) {
 fn on_postgres(test: &str, check: Check) {
     let Some(url) = postgres::fresh_database(test) else { return };
     runtime().block_on(async {
-        let (store, writer) = Store::open_postgres(&url, 4, limits()).await.unwrap();
+        let (store, writer) = Store::open_postgres(&url, 4, 15_000, limits()).await.unwrap();
         check(store).await;
         writer.close().await;
     });
@@ -79,6 +80,9 @@ on_every_backend!(
     ingest_stores_what_the_webhooks_still_take,
     a_repeated_event_key_answers_the_first_202,
     job_reports_are_compare_and_set,
+    due_work_is_taken_once_and_its_outcomes_recorded,
+    deleting_a_webhook_ends_its_active_dispatches,
+    an_ended_dispatch_is_delivered_again_on_request,
 );
 
 const ALICE: &str = "alice";
@@ -229,8 +233,8 @@ async fn matching_follows_creates_updates_and_deletes(store: Store) {
 fn postgres_nodes_share_webhooks_and_races_are_resolved_by_the_database() {
     let Some(url) = postgres::fresh_database("postgres_nodes_share") else { return };
     runtime().block_on(async {
-        let (a, _wa) = Store::open_postgres(&url, 4, limits()).await.unwrap();
-        let (b, _wb) = Store::open_postgres(&url, 4, limits()).await.unwrap();
+        let (a, _wa) = Store::open_postgres(&url, 4, 15_000, limits()).await.unwrap();
+        let (b, _wb) = Store::open_postgres(&url, 4, 15_000, limits()).await.unwrap();
         let w = a.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
         let (seen, _) =
             b.get_webhook(ALICE.into(), w.id.clone()).await.unwrap().expect("B reads A's");
@@ -301,13 +305,13 @@ async fn ids_total(store: &Store, user: &str) -> u64 {
 fn postgres_refuses_a_newer_schema() {
     let Some(url) = postgres::fresh_database("postgres_newer_schema") else { return };
     runtime().block_on(async {
-        let (store, writer) = Store::open_postgres(&url, 2, limits()).await.unwrap();
+        let (store, writer) = Store::open_postgres(&url, 2, 15_000, limits()).await.unwrap();
         writer.close().await;
         drop(store);
     });
     postgres::psql(&url, "UPDATE hookd_meta SET value = 99 WHERE name = 'schema_version'");
     runtime().block_on(async {
-        let refused = Store::open_postgres(&url, 2, limits()).await.err().expect("refused");
+        let refused = Store::open_postgres(&url, 2, 15_000, limits()).await.err().expect("refused");
         let text = refused.to_string();
         assert!(text.contains("99") && text.contains("newer"), "{text}");
     });
@@ -462,4 +466,191 @@ async fn job_reports_are_compare_and_set(store: Store) {
     assert_eq!(job.status.as_deref(), Some("SUCCEEDED"));
     assert!(job.object_json.contains("SUCCEEDED"), "{}", job.object_json);
     assert!(store.get_job(BOB.into(), JobKind::Run, "run-1".into()).await.unwrap().is_none());
+}
+
+fn call_at(ms: u64, status: u16) -> Call {
+    Call {
+        started_ms: ms,
+        finished_ms: ms + 1,
+        error_message: None,
+        response_status: Some(status),
+        response_body: Some("ok".into()),
+    }
+}
+
+async fn due_work_is_taken_once_and_its_outcomes_recorded(store: Store) {
+    let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
+    let e = event(ALICE, 10, None, &[(&a, EventType::RunSucceeded)]);
+    let id = e.dispatches[0].id.clone();
+    store.ingest(vec![e], None).await.unwrap();
+    let mut scheduler = Scheduler::new(16, 4, 8);
+    assert!(scheduler.take_due(&store, 5).await.unwrap().calls.is_empty(), "not due yet");
+    let pass = scheduler.take_due(&store, 10).await.unwrap();
+    let taken: Vec<&str> = pass.calls.iter().map(|(_, d)| d.id.as_str()).collect();
+    assert_eq!(taken, vec![id.as_str()]);
+    assert_eq!(pass.calls[0].0, "http://127.0.0.1:9");
+    assert!(pass.signing.contains_key(&a.id), "the webhook's signing keys come along");
+    assert!(scheduler.take_due(&store, 11).await.unwrap().calls.is_empty(), "in flight");
+
+    store.record_call(id.clone(), call_at(10, 500), Decision::RetryAt(100)).await.unwrap();
+    scheduler.land(&id, "http://127.0.0.1:9");
+    let early = scheduler.take_due(&store, 50).await.unwrap();
+    assert!(early.calls.is_empty());
+    assert_eq!(early.next_due_ms, Some(100));
+    assert_eq!(
+        store.outbox_keys().await.unwrap(),
+        vec![("http://127.0.0.1:9".into(), 100, id.clone())]
+    );
+    let again = scheduler.take_due(&store, 100).await.unwrap();
+    assert_eq!(again.calls.len(), 1);
+    store.record_call(id.clone(), call_at(100, 200), Decision::Succeeded).await.unwrap();
+    scheduler.land(&id, "http://127.0.0.1:9");
+    let d = store.get_dispatch(ALICE.into(), id.clone()).await.unwrap().unwrap();
+    assert_eq!(d.status, DispatchStatus::Succeeded);
+    assert_eq!(d.calls.len(), 2);
+    assert_eq!(d.finished_ms, Some(101));
+    assert!(store.outbox_keys().await.unwrap().is_empty());
+    assert!(scheduler.take_due(&store, 1000).await.unwrap().calls.is_empty());
+}
+
+/// Shards split between live nodes; a node that lost a lease cannot record an outcome; a dead
+/// node's shards are taken over once its leases lapse.
+#[test]
+fn postgres_leases_split_fence_and_move_to_live_nodes() {
+    let Some(url) = postgres::fresh_database("postgres_leases") else { return };
+    let ttl_ms = 600;
+    let owners = |url: &str| {
+        postgres::psql(
+            url,
+            "SELECT owner, count(*) FROM shard_leases WHERE expires_at > now() GROUP BY owner ORDER BY 2",
+        )
+    };
+    let rt_a = runtime();
+    let (a, _wa) = rt_a.block_on(Store::open_postgres(&url, 4, ttl_ms, limits())).unwrap();
+    assert_eq!(owners(&url).lines().count(), 1, "A alone holds every shard");
+    let rt_b = runtime();
+    let (b, _wb) = rt_b.block_on(Store::open_postgres(&url, 4, ttl_ms, limits())).unwrap();
+    crate::support::wait_until(std::time::Duration::from_secs(10), "an even split", || {
+        let o = owners(&url);
+        let counts: Vec<&str> = o.lines().filter_map(|l| l.split('|').nth(1)).collect();
+        (counts == ["32", "32"]).then_some(())
+    });
+
+    // A takes a dispatch, then loses its shard: its outcome is refused and the dispatch waits.
+    let w =
+        rt_a.block_on(a.create_webhook(webhook(ALICE, 1, draft("x", None)), 10)).unwrap().webhook;
+    let mut taken = None;
+    for i in 0..200u64 {
+        // Targets spread over shards: find one in a shard A holds.
+        let mut d = draft("x", None);
+        d.request_url = format!("http://127.0.0.1:{}/hook", 1000 + i);
+        let wi = rt_a.block_on(a.create_webhook(webhook(ALICE, 2 + i, d), 1000)).unwrap().webhook;
+        let e = event(ALICE, 10, None, &[(&wi, EventType::RunSucceeded)]);
+        rt_a.block_on(a.ingest(vec![e], None)).unwrap();
+        let mut s = Scheduler::new(16, 4, 8);
+        let pass = rt_a.block_on(s.take_due(&a, 10)).unwrap();
+        if let Some((_, d)) = pass.calls.into_iter().next() {
+            taken = Some(d);
+            break;
+        }
+    }
+    let _ = w;
+    let d = taken.expect("A holds some shard");
+    postgres::psql(&url, "UPDATE shard_leases SET epoch = epoch + 1 WHERE owner IS NOT NULL");
+    let refused = rt_a.block_on(a.record_call(d.id.clone(), call_at(10, 200), Decision::Succeeded));
+    assert!(matches!(refused, Err(StoreError::Refused(_))), "{refused:?}");
+    let still = rt_a.block_on(a.get_dispatch(ALICE.into(), d.id.clone())).unwrap().unwrap();
+    assert_eq!((still.status, still.calls.len()), (DispatchStatus::Active, 0));
+
+    // B dies (its tasks stop with its runtime): A takes every shard once B's leases lapse.
+    drop(b);
+    drop(rt_b);
+    crate::support::wait_until(std::time::Duration::from_secs(10), "A to hold every shard", || {
+        let o = owners(&url);
+        (o.lines().count() == 1 && o.ends_with("|64")).then_some(())
+    });
+    drop(a);
+}
+
+async fn deleting_a_webhook_ends_its_active_dispatches(store: Store) {
+    let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
+    for ms in [10, 11, 12] {
+        store
+            .ingest(vec![event(ALICE, ms, None, &[(&a, EventType::RunSucceeded)])], None)
+            .await
+            .unwrap();
+    }
+    store.delete_webhook(ALICE.into(), a.id.clone(), 50).await.unwrap();
+    let all = store.all_dispatches().await.unwrap();
+    assert_eq!(all.len(), 3);
+    for d in &all {
+        assert_eq!(
+            (d.status, d.finished_ms, d.next_due_ms),
+            (DispatchStatus::Failed, Some(50), None)
+        );
+        assert_eq!(
+            d.calls.last().and_then(|c| c.error_message.as_deref()),
+            Some("Webhook was removed.")
+        );
+    }
+    assert!(store.outbox_keys().await.unwrap().is_empty());
+    let refused = store.redeliver(ALICE.into(), all[0].id.clone(), 60).await;
+    assert!(matches!(refused, Err(StoreError::Refused(_))), "{refused:?}");
+}
+
+async fn an_ended_dispatch_is_delivered_again_on_request(store: Store) {
+    let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
+    let e = event(ALICE, 10, None, &[(&a, EventType::RunSucceeded)]);
+    let id = e.dispatches[0].id.clone();
+    store.ingest(vec![e], None).await.unwrap();
+    let refused = store.redeliver(ALICE.into(), id.clone(), 11).await;
+    assert!(matches!(refused, Err(StoreError::Refused(_))), "ACTIVE: {refused:?}");
+    let mut scheduler = Scheduler::new(16, 4, 8);
+    assert_eq!(scheduler.take_due(&store, 10).await.unwrap().calls.len(), 1);
+    store.record_call(id.clone(), call_at(10, 500), Decision::Failed).await.unwrap();
+    scheduler.land(&id, "http://127.0.0.1:9");
+    let hidden = store.redeliver(BOB.into(), id.clone(), 20).await;
+    assert!(matches!(hidden, Err(StoreError::NotFound)), "{hidden:?}");
+    store.redeliver(ALICE.into(), id.clone(), 20).await.unwrap();
+    let d = store.get_dispatch(ALICE.into(), id.clone()).await.unwrap().unwrap();
+    assert_eq!((d.status, d.next_due_ms, d.finished_ms), (DispatchStatus::Active, Some(20), None));
+    assert_eq!(d.calls_before_redelivery, 1);
+    let pass = scheduler.take_due(&store, 20).await.unwrap();
+    assert_eq!(pass.calls.len(), 1, "due again");
+    store.record_call(id.clone(), call_at(20, 200), Decision::Succeeded).await.unwrap();
+    let d = store.get_dispatch(ALICE.into(), id).await.unwrap().unwrap();
+    assert_eq!((d.status, d.calls.len()), (DispatchStatus::Succeeded, 2));
+}
+
+/// A node that stops cleanly gives up its leases: the live node takes its shards at its next
+/// round, well before they would lapse.
+#[test]
+fn postgres_a_clean_stop_hands_the_shards_over_at_once() {
+    let Some(url) = postgres::fresh_database("postgres_clean_stop") else { return };
+    let ttl_ms = 6000;
+    let held = |url: &str| {
+        postgres::psql(
+            url,
+            "SELECT string_agg(n::text, ',' ORDER BY n) FROM (SELECT count(*) AS n
+             FROM shard_leases WHERE expires_at > now() GROUP BY owner) c",
+        )
+    };
+    let rt = runtime();
+    let (a, _wa) = rt.block_on(Store::open_postgres(&url, 4, ttl_ms, limits())).unwrap();
+    let (b, wb) = rt.block_on(Store::open_postgres(&url, 4, ttl_ms, limits())).unwrap();
+    crate::support::wait_until(std::time::Duration::from_secs(15), "an even split", || {
+        (held(&url) == "32,32").then_some(())
+    });
+    let stopped = std::time::Instant::now();
+    rt.block_on(wb.close());
+    drop(b);
+    crate::support::wait_until(std::time::Duration::from_secs(10), "A to hold every shard", || {
+        (held(&url) == "64").then_some(())
+    });
+    let took = stopped.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(ttl_ms - 1000),
+        "took {took:?}: waited for the lapse"
+    );
+    drop(a);
 }

@@ -113,3 +113,33 @@ fn official_js_client() {
     run_suite(cmd, &d, &rx, "js client suite");
     assert!(d.log().contains("encoding=\"br\""), "no brotli body seen:\n{}", d.log());
 }
+
+/// The daemon's config for a test on PostgreSQL (a fresh database); `None` where there is none.
+pub fn on_postgres(test: &str, config: &str) -> Option<String> {
+    let url = crate::support::postgres::fresh_database(test)?;
+    Some(format!("{config}\n[store]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"))
+}
+
+/// The Python suite against a daemon on PostgreSQL.
+#[test]
+fn official_python_client_on_postgres() {
+    let Some(config) = on_postgres("python_client", DAEMON_CONFIG) else { return };
+    let python = python_env();
+    let d = TestDaemon::start(&config);
+    let rx = Receiver::start(0, |_, _| Reply::Status(200));
+    let mut cmd = Command::new(python);
+    cmd.arg(clients_dir().join("python_suite.py"));
+    run_suite(cmd, &d, &rx, "python client suite on PostgreSQL");
+}
+
+/// The JS suite against a daemon on PostgreSQL.
+#[test]
+fn official_js_client_on_postgres() {
+    let Some(config) = on_postgres("js_client", DAEMON_CONFIG) else { return };
+    let modules = js_modules();
+    let d = TestDaemon::start(&config);
+    let rx = Receiver::start(0, |_, _| Reply::Status(200));
+    let mut cmd = Command::new("node");
+    cmd.arg(clients_dir().join("js_suite.js")).env("NODE_PATH", modules);
+    run_suite(cmd, &d, &rx, "js client suite on PostgreSQL");
+}

@@ -17,6 +17,7 @@ mod hostile;
 mod limits;
 mod metrics;
 mod operate;
+mod postgres;
 mod readme;
 mod redeliver;
 mod retention;

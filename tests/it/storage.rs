@@ -96,6 +96,7 @@ fn config(dir: &std::path::Path, port: u16) -> Config {
         delivery: Delivery { allow_private_targets: true, timeout_ms: 600_000, ..d.delivery },
         limits: Limits { shutdown_grace_ms: 100, ..d.limits },
         retention: d.retention,
+        store: d.store,
         log: d.log,
         metrics: d.metrics,
     }

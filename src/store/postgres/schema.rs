@@ -109,6 +109,7 @@ CREATE TABLE shard_leases (
     epoch bigint NOT NULL DEFAULT 0,
     expires_at timestamptz NOT NULL DEFAULT '-infinity'
 );
+INSERT INTO shard_leases (shard) SELECT generate_series(0, 63);
 "#];
 
 /// Creates or migrates the schema; refuses a newer one.

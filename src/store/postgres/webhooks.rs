@@ -218,11 +218,14 @@ impl PgStore {
         Ok((webhook, stats))
     }
 
+    /// Deletes the webhook and ends its ACTIVE dispatches FAILED in the same transaction. An
+    /// ingest that matched it holds its row `FOR SHARE`: the delete waits for that commit and
+    /// then ends what it made too.
     pub async fn delete_webhook(
         &self,
         user_id: String,
         id: String,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
@@ -238,6 +241,33 @@ impl PgStore {
         tx.execute("UPDATE user_webhooks SET count = count - 1 WHERE user_id = $1", &[&user_id])
             .await
             .map_err(pg_error)?;
+        let active = tx
+            .query(
+                "SELECT id, state FROM dispatches WHERE webhook_id = $1 AND status = 0
+                 ORDER BY id FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut ended_ids = Vec::with_capacity(active.len());
+        let mut ended_states = Vec::with_capacity(active.len());
+        for row in &active {
+            let mut state = records::decode_dispatch_state(row.get(1))?;
+            if state.end_removed(now_ms) {
+                ended_ids.push(row.get::<_, String>(0));
+                ended_states.push(records::encode_dispatch_state(&state)?);
+            }
+        }
+        if !ended_ids.is_empty() {
+            tx.execute(
+                "UPDATE dispatches d SET state = u.state, status = 2, next_due_ms = NULL,
+                    finished_ms = $3
+                 FROM unnest($1::text[], $2::bytea[]) AS u(id, state) WHERE d.id = u.id",
+                &[&ended_ids, &ended_states, &db_i64(now_ms)],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
         let changes = bump_changes(&tx).await?;
         tx.commit().await.map_err(pg_error)?;
         self.index_after(changes, vec![IndexChange::removing(&w)]).await
@@ -342,6 +372,51 @@ impl PgStore {
             .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(rotated)
+    }
+
+    /// Makes the user's ended dispatch ACTIVE again, due at `now_ms`.
+    pub async fn redeliver(
+        &self,
+        user_id: String,
+        dispatch_id: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let row = tx
+            .query_opt(
+                "SELECT state, webhook_id FROM dispatches WHERE id = $1 AND user_id = $2 FOR UPDATE",
+                &[&dispatch_id, &user_id],
+            )
+            .await
+            .map_err(pg_error)?
+            .ok_or(StoreError::NotFound)?;
+        let mut state = records::decode_dispatch_state(row.get(0))?;
+        if state.status == crate::model::DispatchStatus::Active {
+            return Err(crate::store::error::refused_active());
+        }
+        // Held until the commit, so that a racing delete ends this dispatch again.
+        let webhook_id: String = row.get(1);
+        let live = tx
+            .query_opt("SELECT 1 FROM webhooks WHERE id = $1 FOR SHARE", &[&webhook_id])
+            .await
+            .map_err(pg_error)?;
+        if live.is_none() {
+            return Err(crate::store::error::refused_deleted());
+        }
+        state.reactivate(now_ms);
+        let bytes = records::encode_dispatch_state(&state)?;
+        tx.execute(
+            "UPDATE dispatches SET state = $2, status = 0, next_due_ms = $3, finished_ms = NULL
+             WHERE id = $1",
+            &[&dispatch_id, &bytes, &db_i64(now_ms)],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.execute("SELECT pg_notify('hookd_outbox', '')", &[]).await.map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.inner.outbox_changed.notify_waiters();
+        Ok(())
     }
 
     pub async fn get_job(

@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
 use super::{PgStore, pg_error, shard_of};
+use crate::model::{Call, Decision};
 use crate::store::codes::{event_code, job_code, status_code};
 use crate::store::index::IndexChange;
 use crate::store::{EventAnswer, JobReport, NewEvent, StoreError, records};
@@ -21,7 +22,49 @@ const ATTEMPTS_MAX: usize = 4;
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(super) enum WriteOp {
-    Ingest { events: Vec<NewEvent>, job: Option<JobReport>, reply: Reply<Vec<EventAnswer>> },
+    Ingest {
+        events: Vec<NewEvent>,
+        job: Option<JobReport>,
+        reply: Reply<Vec<EventAnswer>>,
+    },
+    /// A call's outcome, fenced by the lease its dispatch was taken under.
+    RecordCall {
+        dispatch_id: String,
+        call: Call,
+        decision: Decision,
+        reply: Reply<()>,
+    },
+}
+
+/// One op's answer, sent once the group's commit is known.
+enum Answer {
+    Ingest(Result<Vec<EventAnswer>, StoreError>),
+    Record(Result<(), StoreError>),
+}
+
+impl WriteOp {
+    fn answer(self, answer: Answer) {
+        match (self, answer) {
+            (WriteOp::Ingest { reply, .. }, Answer::Ingest(a)) => drop(reply.send(a)),
+            (WriteOp::RecordCall { reply, .. }, Answer::Record(a)) => drop(reply.send(a)),
+            (WriteOp::Ingest { reply, .. }, Answer::Record(_)) => drop(reply.send(Err(mixed()))),
+            (WriteOp::RecordCall { reply, .. }, Answer::Ingest(_)) => {
+                drop(reply.send(Err(mixed())))
+            }
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        let e = StoreError::Storage(e.to_string());
+        match self {
+            WriteOp::Ingest { reply, .. } => drop(reply.send(Err(e))),
+            WriteOp::RecordCall { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+fn mixed() -> StoreError {
+    StoreError::Corrupt("a write answered with another op's answer".into())
 }
 
 /// The writer tasks' shared queue.
@@ -83,9 +126,9 @@ impl PgStore {
                         self.inner.index.apply(fired);
                     }
                     self.inner.outbox_changed.notify_waiters();
+                    self.forget_taken(&ops);
                     for (op, answer) in ops.into_iter().zip(answers) {
-                        let WriteOp::Ingest { reply, .. } = op;
-                        let _ = reply.send(answer);
+                        op.answer(answer);
                     }
                     return;
                 }
@@ -99,24 +142,31 @@ impl PgStore {
                 }
             }
         }
+        self.forget_taken(&ops);
         for op in ops {
-            let WriteOp::Ingest { reply, .. } = op;
-            let _ = reply.send(Err(StoreError::Storage(last.to_string())));
+            op.fail(&last);
+        }
+    }
+
+    /// The recorded (or refused) dispatches are no longer this node's to call.
+    fn forget_taken(&self, ops: &[WriteOp]) {
+        let mut taken = self.inner.taken.lock().unwrap_or_else(|p| p.into_inner());
+        for op in ops {
+            if let WriteOp::RecordCall { dispatch_id, .. } = op {
+                taken.remove(dispatch_id);
+            }
         }
     }
 
     /// One transaction for the group: each op's answer, and the ad-hoc webhooks that fired.
-    async fn try_group(
-        &self,
-        ops: &[WriteOp],
-    ) -> Result<(Vec<Result<Vec<EventAnswer>, StoreError>>, Vec<IndexChange>), Failure> {
+    async fn try_group(&self, ops: &[WriteOp]) -> Result<(Vec<Answer>, Vec<IndexChange>), Failure> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(failure)?;
         let mut answers: Vec<Option<Result<Vec<EventAnswer>, StoreError>>> =
             (0..ops.len()).map(|_| None).collect();
         // A job report stores only if the job's status is still the one it was made from.
-        for (i, WriteOp::Ingest { job, .. }) in ops.iter().enumerate() {
-            let Some(job) = job else { continue };
+        for (i, op) in ops.iter().enumerate() {
+            let WriteOp::Ingest { job: Some(job), .. } = op else { continue };
             let kind = i16::from(job_code(job.kind));
             let applied = match &job.expected_status {
                 Some(expected) => tx
@@ -144,7 +194,10 @@ impl PgStore {
             .iter()
             .enumerate()
             .filter(|(i, _)| answers[*i].is_none())
-            .flat_map(|(i, WriteOp::Ingest { events, .. })| events.iter().map(move |e| (i, e)))
+            .flat_map(|(i, op)| match op {
+                WriteOp::Ingest { events, .. } => events.iter().map(move |e| (i, e)).collect(),
+                WriteOp::RecordCall { .. } => Vec::new(),
+            })
             .collect();
         let replayed = stored_answers(&tx, &events).await?;
         let checks = webhook_checks(&tx, &events).await?;
@@ -167,6 +220,7 @@ impl PgStore {
             per_op[*i].push(answer);
         }
         plan.write(&tx).await?;
+        let recorded = self.record_calls(&tx, ops).await?;
         tx.commit().await.map_err(failure)?;
         let fired = plan
             .fired
@@ -174,13 +228,120 @@ impl PgStore {
             .filter_map(|id| checks.get(id)?.webhook.as_ref())
             .map(IndexChange::removing)
             .collect();
-        let answers = answers
-            .into_iter()
-            .zip(per_op)
-            .map(|(refused, made)| refused.unwrap_or(Ok(made)))
+        let answers = ops
+            .iter()
+            .zip(answers.into_iter().zip(per_op))
+            .zip(recorded)
+            .map(|((op, (refused, made)), record)| match op {
+                WriteOp::Ingest { .. } => Answer::Ingest(refused.unwrap_or(Ok(made))),
+                WriteOp::RecordCall { .. } => Answer::Record(record),
+            })
             .collect();
         Ok((answers, fired))
     }
+
+    /// Appends each call to its dispatch's state and applies its decision, only where this
+    /// node still holds the lease (and epoch) the dispatch was taken under; one answer per op
+    /// (`Ok` for the other ops).
+    async fn record_calls(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Result<(), StoreError>>, Failure> {
+        let mut answers: Vec<Result<(), StoreError>> = ops.iter().map(|_| Ok(())).collect();
+        let mut ids: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::RecordCall { dispatch_id, .. } => Some(dispatch_id.as_str()),
+                WriteOp::Ingest { .. } => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(answers);
+        }
+        ids.sort_unstable();
+        let rows = tx
+            .query(
+                "SELECT id, state FROM dispatches WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(failure)?;
+        let mut states = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            states.insert(row.get::<_, String>(0), records::decode_dispatch_state(row.get(1))?);
+        }
+        let taken = self.inner.taken.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut u = Updates::default();
+        for (i, op) in ops.iter().enumerate() {
+            let WriteOp::RecordCall { dispatch_id, call, decision, .. } = op else { continue };
+            // Deleted meanwhile (retention): nothing to record.
+            let Some(mut state) = states.remove(dispatch_id) else { continue };
+            let Some((shard, epoch)) = taken.get(dispatch_id) else {
+                answers[i] = Err(lost());
+                continue;
+            };
+            state.record(call.clone(), *decision);
+            u.id.push(dispatch_id.clone());
+            u.state.push(records::encode_dispatch_state(&state)?);
+            u.status.push(i16::from(status_code(state.status)));
+            u.due.push(state.next_due_ms.map(db_i64));
+            u.finished.push(state.finished_ms.map(db_i64));
+            u.shard.push(*shard);
+            u.epoch.push(*epoch);
+            u.op.push(i);
+        }
+        if u.id.is_empty() {
+            return Ok(answers);
+        }
+        let ttl_fence = tx
+            .query(
+                "UPDATE dispatches d SET state = u.state, status = u.status,
+                    next_due_ms = u.due, finished_ms = u.finished
+                 FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::int8[], $5::int8[],
+                             $6::int2[], $7::int8[]) AS u(id, state, status, due, finished, shard, epoch)
+                 JOIN shard_leases l ON l.shard = u.shard AND l.epoch = u.epoch
+                 WHERE d.id = u.id AND l.owner = $8 AND l.expires_at > now()
+                 RETURNING d.id",
+                &[
+                    &u.id,
+                    &u.state,
+                    &u.status,
+                    &u.due,
+                    &u.finished,
+                    &u.shard,
+                    &u.epoch,
+                    &self.inner.node_id,
+                ],
+            )
+            .await
+            .map_err(failure)?;
+        let written: HashSet<String> = ttl_fence.iter().map(|r| r.get(0)).collect();
+        for (id, i) in u.id.iter().zip(&u.op) {
+            if !written.contains(id) {
+                answers[*i] = Err(lost());
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// Why an outcome is not recorded: the node lost the dispatch's shard meanwhile.
+fn lost() -> StoreError {
+    StoreError::Refused("this node no longer holds the lease of the dispatch's shard".into())
+}
+
+/// The state updates of one group's calls, as columns for `unnest`.
+#[derive(Default)]
+struct Updates {
+    id: Vec<String>,
+    state: Vec<Vec<u8>>,
+    status: Vec<i16>,
+    due: Vec<Option<i64>>,
+    finished: Vec<Option<i64>>,
+    shard: Vec<i16>,
+    epoch: Vec<i64>,
+    op: Vec<usize>,
 }
 
 /// The first answers of the keyed events whose keys are already stored.

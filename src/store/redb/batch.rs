@@ -13,7 +13,7 @@ use super::pending::{PendingInner, WaitingKey};
 use super::records::{self, DispatchState, StatsState};
 use super::schema::*;
 use super::status_index::CountDeltas;
-use crate::model::{Call, DispatchStatus, Webhook, WebhookStats};
+use crate::model::{DispatchStatus, Webhook, WebhookStats};
 
 /// Every table, opened once per group commit (opening a table looks it up in redb's table
 /// tree: doing that per insert cost more than the inserts), and the stats the group changed,
@@ -243,10 +243,7 @@ impl<'t, 'p> Batch<'t, 'p> {
             return Ok(());
         }
         self.unqueue(dispatch_id, &s)?;
-        s.calls.push(Call::webhook_removed(removed_ms));
-        s.status = DispatchStatus::Failed;
-        s.next_due_ms = None;
-        s.finished_ms = Some(removed_ms);
+        s.end_removed(removed_ms);
         self.mark_finished(dispatch_id, removed_ms, DispatchStatus::Failed)?;
         self.save_state(dispatch_id, &s, DispatchStatus::Active)
     }

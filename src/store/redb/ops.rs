@@ -161,14 +161,10 @@ pub(super) fn redeliver(
     }
     let Some(s) = b.load_state(dispatch_id)? else { return Ok(Err(StoreError::NotFound)) };
     if s.status == DispatchStatus::Active {
-        return Ok(Err(StoreError::Refused(
-            "The dispatch is ACTIVE: it is being delivered.".into(),
-        )));
+        return Ok(Err(crate::store::error::refused_active()));
     }
     if b.deleted.contains(&s.webhook_id) || b.stats(&s.webhook_id)?.is_none() {
-        return Ok(Err(StoreError::Refused(
-            "The dispatch's webhook was deleted: it is not delivered again.".into(),
-        )));
+        return Ok(Err(crate::store::error::refused_deleted()));
     }
     redelivery::reactivate(b, dispatch_id, s, now_ms)?;
     Ok(Ok(()))

@@ -117,7 +117,7 @@ impl RedbStore {
                             None => false,
                         };
                         // A swept one ends within moments; the target's other work waits.
-                        if swept || !picker.admit(&d) {
+                        if swept || !picker.admit(&d.user_id) {
                             break;
                         }
                         if picker.wants_signing_keys()

@@ -55,10 +55,7 @@ pub(super) fn reactivate(
     due_ms: u64,
 ) -> Result<(), StoreError> {
     let was = s.status;
-    s.status = DispatchStatus::Active;
-    s.finished_ms = None;
-    s.next_due_ms = Some(due_ms);
-    s.calls_before_redelivery = s.calls.len();
+    s.reactivate(due_ms);
     b.enqueue(dispatch_id, &s.target.clone(), due_ms)?;
     b.save_state(dispatch_id, &s, was)
 }

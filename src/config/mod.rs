@@ -2,6 +2,10 @@
 //! Pure: [`Config::load`] takes the file text and the environment as arguments.
 //! Every bound in the process lives in [`Limits`].
 
+mod store;
+
+pub use store::{Backend as StoreBackend, StoreConfig};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -164,6 +168,7 @@ pub struct Config {
     pub delivery: Delivery,
     pub limits: Limits,
     pub retention: Retention,
+    pub store: StoreConfig,
     pub log: Log,
     pub metrics: MetricsConfig,
 }
@@ -213,6 +218,7 @@ impl Default for Config {
                 shutdown_grace_ms: 10_000,
             },
             retention: Retention { finished_max_age_ms: 30 * 24 * 3600 * 1000, store_bytes_max: 0 },
+            store: StoreConfig::default(),
             log: Log { format: LogFormat::Text, level: "info".into(), access_log: true },
             metrics: MetricsConfig { token: String::new() },
         }
@@ -228,6 +234,7 @@ struct RawConfig {
     delivery: Option<RawDelivery>,
     limits: Option<RawLimits>,
     retention: Option<RawRetention>,
+    store: Option<store::RawStore>,
     log: Option<RawLog>,
     metrics: Option<RawMetrics>,
 }
@@ -514,7 +521,8 @@ impl Config {
             ));
         }
         let metrics = MetricsConfig { token };
-        Ok(Config { listen, data_dir, users, delivery, limits, retention, log, metrics })
+        let store = StoreConfig::from_raw(raw.store)?;
+        Ok(Config { listen, data_dir, users, delivery, limits, retention, store, log, metrics })
     }
 
     fn to_raw(&self) -> RawConfig {
@@ -560,6 +568,7 @@ impl Config {
                 finished_max_age_ms: Some(self.retention.finished_max_age_ms),
                 store_bytes_max: Some(self.retention.store_bytes_max),
             }),
+            store: Some(self.store.to_raw()),
             log: Some(RawLog {
                 format: Some(
                     match self.log.format {
@@ -722,7 +731,7 @@ mod tests {
 
     #[test]
     fn example_file_lists_every_key_and_equals_the_defaults() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         assert_eq!(load(text, &[]), Ok(Config::default()));
         for (key, _) in Config::known_keys() {
             let leaf = key.rsplit('.').next().unwrap_or(&key);
@@ -734,7 +743,7 @@ mod tests {
     /// line) is valid when uncommented.
     #[test]
     fn example_file_with_its_examples_uncommented_loads() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         let mut uncommented = String::new();
         let mut examples = 0;
         for line in text.lines() {

@@ -1,0 +1,140 @@
+//! The outbox on PostgreSQL: the ACTIVE dispatches of the shards this node holds, walked per
+//! shard with a skip scan over their targets (one index probe per target) and each target's
+//! first due rows; the scheduler's picker chooses (delivery/schedule.rs), then the chosen
+//! dispatches are read whole. Each taken dispatch remembers the epoch of its shard's lease, which
+//! fences the outcome the writer records (writer.rs).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{PgStore, pg_error, shard_of};
+use crate::store::{Due, DuePicker, StoreError, records};
+
+/// Due rows read per target in one pass (the picker takes at most its per-target room).
+const ROWS_PER_TARGET_MAX: i64 = 32;
+/// Rows one pass reads at most, over all targets.
+const ROWS_PER_PASS_MAX: i64 = 8192;
+/// Dispatches remembered with their lease epoch until their outcome; past this (calls that
+/// never came back) the memory starts over and those outcomes are refused.
+const TAKEN_MAX: usize = 100_000;
+
+const WALK: &str = "SELECT s.shard, t.target, c.id, c.user_id, c.next_due_ms
+    FROM unnest($1::int2[]) WITH ORDINALITY AS s(shard, n)
+    CROSS JOIN LATERAL (
+        WITH RECURSIVE r(target) AS (
+            (SELECT target FROM dispatches WHERE status = 0 AND shard = s.shard
+             ORDER BY target LIMIT 1)
+            UNION ALL
+            SELECT (SELECT target FROM dispatches WHERE status = 0 AND shard = s.shard
+                    AND target > r.target ORDER BY target LIMIT 1)
+            FROM r WHERE r.target IS NOT NULL
+        ) SELECT target FROM r WHERE target IS NOT NULL
+    ) t
+    CROSS JOIN LATERAL (
+        SELECT id, user_id, next_due_ms FROM dispatches d
+        WHERE d.status = 0 AND d.shard = s.shard AND d.target = t.target
+          AND NOT (d.id = ANY($2))
+        ORDER BY d.next_due_ms, d.id LIMIT $3
+    ) c
+    ORDER BY s.n, t.target, c.next_due_ms, c.id
+    LIMIT $4";
+
+impl PgStore {
+    pub async fn due_dispatches<P: DuePicker>(&self, mut picker: P) -> Result<Due, StoreError> {
+        let (mut shards, epochs) = {
+            let held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+            (held.usable(), held.epochs.clone())
+        };
+        let mut due = Due::default();
+        if shards.is_empty() {
+            return Ok(due);
+        }
+        // Round robin: from the shard after the one served last.
+        if let Some(last) = picker.start_after() {
+            let at = shard_of(last);
+            let split = shards.partition_point(|s| *s <= at);
+            shards.rotate_left(split);
+        }
+        let in_flight: Vec<String> = {
+            let taken = self.inner.taken.lock().unwrap_or_else(|p| p.into_inner());
+            taken.keys().cloned().collect()
+        };
+        let client = self.client().await?;
+        let rows = client
+            .query(WALK, &[&shards, &in_flight, &ROWS_PER_TARGET_MAX, &ROWS_PER_PASS_MAX])
+            .await
+            .map_err(pg_error)?;
+        let now_ms = i64::try_from(picker.now_ms()).unwrap_or(i64::MAX);
+        let mut chosen: Vec<(String, i16)> = Vec::new();
+        let mut i = 0;
+        while i < rows.len() && !picker.is_full() {
+            let target: String = rows[i].get(1);
+            let end = rows[i..]
+                .iter()
+                .position(|r| r.get::<_, &str>(1) != target)
+                .map_or(rows.len(), |n| i + n);
+            let mut room = picker.target_room(&target);
+            for row in &rows[i..end] {
+                let due_ms: i64 = row.get::<_, Option<i64>>(4).unwrap_or(0);
+                if due_ms > now_ms {
+                    let due_ms = u64::try_from(due_ms).unwrap_or(0);
+                    due.next_due_ms = Some(due.next_due_ms.map_or(due_ms, |n| n.min(due_ms)));
+                    break;
+                }
+                let id: &str = row.get(2);
+                if picker.in_flight(id) {
+                    continue;
+                }
+                if room == 0 || picker.is_full() || !picker.admit(row.get(3)) {
+                    break;
+                }
+                chosen.push((id.to_string(), row.get(0)));
+                room -= 1;
+            }
+            i = end;
+        }
+        if chosen.is_empty() {
+            return Ok(due);
+        }
+        let ids: Vec<&str> = chosen.iter().map(|(id, _)| id.as_str()).collect();
+        let rows = client
+            .query(
+                "SELECT request, state FROM dispatches WHERE id = ANY($1) AND status = 0",
+                &[&ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut by_id = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let d = records::decode_dispatch(row.get(0), row.get(1))?;
+            by_id.insert(d.id.clone(), d);
+        }
+        {
+            let mut taken = self.inner.taken.lock().unwrap_or_else(|p| p.into_inner());
+            if taken.len() + chosen.len() > TAKEN_MAX {
+                taken.clear();
+            }
+            for (id, shard) in &chosen {
+                if let (Some(d), Some(epoch)) = (by_id.remove(id), epochs.get(shard)) {
+                    taken.insert(id.clone(), (*shard, *epoch));
+                    due.dispatches.push((d.target_key(), d));
+                }
+            }
+        }
+        if picker.wants_signing_keys() && !due.dispatches.is_empty() {
+            let mut webhooks: Vec<&str> =
+                due.dispatches.iter().map(|(_, d)| d.webhook_id.as_str()).collect();
+            webhooks.sort_unstable();
+            webhooks.dedup();
+            let rows = client
+                .query("SELECT id, signing_keys FROM webhooks WHERE id = ANY($1)", &[&webhooks])
+                .await
+                .map_err(pg_error)?;
+            for row in rows {
+                let keys = records::decode_signing_keys(row.get(1))?;
+                due.signing.insert(row.get(0), Arc::new(keys));
+            }
+        }
+        Ok(due)
+    }
+}
