@@ -33,7 +33,7 @@ const WALK: &str = "SELECT s.shard, t.target, c.id, c.user_id, c.next_due_ms
     CROSS JOIN LATERAL (
         SELECT id, user_id, next_due_ms FROM dispatches d
         WHERE d.status = 0 AND d.shard = s.shard AND d.target = t.target
-          AND NOT (d.id = ANY($2))
+          AND d.id NOT IN (SELECT unnest($2::text[]))
         ORDER BY d.next_due_ms, d.id LIMIT $3
     ) c
     ORDER BY s.n, t.target, c.next_due_ms, c.id

@@ -89,7 +89,8 @@ CREATE INDEX dispatches_by_user ON dispatches (user_id, id);
 CREATE INDEX dispatches_by_user_status ON dispatches (user_id, status, event_type, id);
 CREATE INDEX dispatches_by_webhook ON dispatches (webhook_id, id);
 CREATE INDEX dispatches_by_webhook_status ON dispatches (webhook_id, status, event_type, id);
-CREATE INDEX dispatches_due ON dispatches (shard, target, next_due_ms, id) WHERE status = 0;
+CREATE INDEX dispatches_due ON dispatches (shard, target, next_due_ms, id) INCLUDE (user_id)
+    WHERE status = 0;
 CREATE INDEX dispatches_ended ON dispatches (finished_ms, id) WHERE status <> 0;
 
 CREATE TABLE jobs (
