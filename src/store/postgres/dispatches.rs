@@ -1,4 +1,4 @@
-//! Dispatch reads on PostgreSQL: one by id, the lists (per user or per webhook, filtered by
+//! Dispatches on PostgreSQL: one by id, a single redelivery, the lists (per user or per webhook, filtered by
 //! status and event type, by id which is `createdAt` order) with exact totals from the same
 //! indexed columns, and the full scans tools and checks use.
 
@@ -79,6 +79,51 @@ impl PgStore {
         let rows = client.query(&sql, &params).await.map_err(pg_error)?;
         let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Page { total: u64::try_from(total).unwrap_or(0), items })
+    }
+
+    /// Makes the user's ended dispatch ACTIVE again, due at `now_ms`.
+    pub async fn redeliver(
+        &self,
+        user_id: String,
+        dispatch_id: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let row = tx
+            .query_opt(
+                "SELECT state, webhook_id FROM dispatches WHERE id = $1 AND user_id = $2 FOR UPDATE",
+                &[&dispatch_id, &user_id],
+            )
+            .await
+            .map_err(pg_error)?
+            .ok_or(StoreError::NotFound)?;
+        let mut state = records::decode_dispatch_state(row.get(0))?;
+        if state.status == crate::model::DispatchStatus::Active {
+            return Err(crate::store::error::refused_active());
+        }
+        // Held until the commit, so that a racing delete ends this dispatch again.
+        let webhook_id: String = row.get(1);
+        let live = tx
+            .query_opt("SELECT 1 FROM webhooks WHERE id = $1 FOR SHARE", &[&webhook_id])
+            .await
+            .map_err(pg_error)?;
+        if live.is_none() {
+            return Err(crate::store::error::refused_deleted());
+        }
+        state.reactivate(now_ms);
+        let bytes = records::encode_dispatch_state(&state)?;
+        tx.execute(
+            "UPDATE dispatches SET state = $2, status = 0, next_due_ms = $3, finished_ms = NULL
+             WHERE id = $1",
+            &[&dispatch_id, &bytes, &db_i64(now_ms)],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.execute("SELECT pg_notify('hookd_outbox', '')", &[]).await.map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.inner.outbox_changed.notify_one();
+        Ok(())
     }
 
     /// Every outbox entry (the ACTIVE dispatches): (target, due_ms, id), in that order.

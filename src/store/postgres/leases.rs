@@ -129,7 +129,7 @@ impl PgStore {
             self.set_held(mine, t0);
             if took {
                 // Work may be waiting in the new shards.
-                inner.outbox_changed.notify_waiters();
+                inner.outbox_changed.notify_one();
             }
         } else {
             self.set_held(mine, t0);

@@ -125,7 +125,7 @@ impl PgStore {
                     if !fired.is_empty() {
                         self.inner.index.apply(fired);
                     }
-                    self.inner.outbox_changed.notify_waiters();
+                    self.inner.outbox_changed.notify_one();
                     self.forget_taken(&ops);
                     for (op, answer) in ops.into_iter().zip(answers) {
                         op.answer(answer);
