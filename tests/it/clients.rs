@@ -54,6 +54,10 @@ pub fn python_env_from(name: &str, requirements: &Path) -> PathBuf {
 
 /// node_modules with the pinned JS client; reinstalled when the lock file changes.
 pub fn js_modules() -> PathBuf {
+    // Tests run in parallel: one of them installs, the others wait for it (an `npm ci` under
+    // way empties node_modules first).
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = target_dir().join("jsclient");
     let lock = std::fs::read_to_string(clients_dir().join("package-lock.json")).unwrap();
     let marker = dir.join("installed-lock.json");
