@@ -537,8 +537,6 @@ fn postgres_leases_split_fence_and_move_to_live_nodes() {
     });
 
     // A takes a dispatch, then loses its shard: its outcome is refused and the dispatch waits.
-    let w =
-        rt_a.block_on(a.create_webhook(webhook(ALICE, 1, draft("x", None)), 10)).unwrap().webhook;
     let mut taken = None;
     for i in 0..200u64 {
         // Targets spread over shards: find one in a shard A holds.
@@ -554,7 +552,6 @@ fn postgres_leases_split_fence_and_move_to_live_nodes() {
             break;
         }
     }
-    let _ = w;
     let d = taken.expect("A holds some shard");
     postgres::psql(&url, "UPDATE shard_leases SET epoch = epoch + 1 WHERE owner IS NOT NULL");
     let refused = rt_a.block_on(a.record_call(d.id.clone(), call_at(10, 200), Decision::Succeeded));

@@ -4,14 +4,10 @@
 
 use tokio_postgres::types::ToSql;
 
-use super::{PgStore, pg_error};
+use super::{PgStore, db_i64, from_db, pg_error};
 use crate::model::Dispatch;
 use crate::store::codes::{event_code, status_code};
 use crate::store::{DispatchFilter, DispatchScope, Page, PageRequest, StoreError, records};
-
-fn db_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 fn decode(row: &tokio_postgres::Row) -> Result<Dispatch, StoreError> {
     records::decode_dispatch(row.get("request"), row.get("state"))
@@ -141,7 +137,7 @@ impl PgStore {
             .iter()
             .map(|r| {
                 let due: Option<i64> = r.get(1);
-                (r.get(0), due.and_then(|d| u64::try_from(d).ok()).unwrap_or(0), r.get(2))
+                (r.get(0), from_db(due).unwrap_or(0), r.get(2))
             })
             .collect())
     }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{PgStore, SHARDS, pg_error};
+use super::{PgStore, SHARDS, db_i64, pg_error};
 use crate::store::StoreError;
 
 /// The leases a node holds: shard -> epoch, and until when it may use them.
@@ -58,7 +58,7 @@ impl PgStore {
         }
         let t0 = Instant::now();
         let inner = &self.inner;
-        let ttl_ms = i64::try_from(inner.lease_ttl_ms).unwrap_or(i64::MAX);
+        let ttl_ms = db_i64(inner.lease_ttl_ms);
         let client = self.client().await?;
         client
             .execute(

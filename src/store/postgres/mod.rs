@@ -42,6 +42,16 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Times and counts as PostgreSQL's `bigint` (saturating: no stored value comes near it).
+pub(super) fn db_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored `bigint` time back (`None` for NULL or a negative value).
+pub(super) fn from_db(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Storage(format!("PostgreSQL connection: {e}"))
 }
@@ -347,7 +357,7 @@ impl PgStore {
 
     pub async fn refresh_gauges(&self, _now_ms: u64) -> Result<(), StoreError> {
         let (_, active) = self.counts().await?;
-        self.inner.metrics.dispatches_active.set(i64::try_from(active).unwrap_or(i64::MAX));
+        self.inner.metrics.dispatches_active.set(db_i64(active));
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{PgStore, pg_error, shard_of};
+use super::{PgStore, db_i64, from_db, pg_error, shard_of};
 use crate::store::{Due, DuePicker, StoreError, records};
 
 /// Due rows read per target in one pass (the picker takes at most its per-target room).
@@ -64,7 +64,7 @@ impl PgStore {
             .query(WALK, &[&shards, &in_flight, &ROWS_PER_TARGET_MAX, &ROWS_PER_PASS_MAX])
             .await
             .map_err(pg_error)?;
-        let now_ms = i64::try_from(picker.now_ms()).unwrap_or(i64::MAX);
+        let now_ms = db_i64(picker.now_ms());
         let mut chosen: Vec<(String, i16)> = Vec::new();
         let mut i = 0;
         while i < rows.len() && !picker.is_full() {
@@ -77,7 +77,7 @@ impl PgStore {
             for row in &rows[i..end] {
                 let due_ms: i64 = row.get::<_, Option<i64>>(4).unwrap_or(0);
                 if due_ms > now_ms {
-                    let due_ms = u64::try_from(due_ms).unwrap_or(0);
+                    let due_ms = from_db(Some(due_ms)).unwrap_or(0);
                     due.next_due_ms = Some(due.next_due_ms.map_or(due_ms, |n| n.min(due_ms)));
                     break;
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::{PgStore, pg_error};
+use super::{PgStore, db_i64, from_db, pg_error};
 use crate::model::{JobKind, LastDispatch, SigningKeys, Webhook, WebhookPatch, WebhookStats};
 use crate::store::codes::{job_code, kind_code, status_of_code};
 use crate::store::index::IndexChange;
@@ -22,14 +22,6 @@ const WITH_STATS: &str = "SELECT w.record, w.retained_count, w.last_ended_status
     CROSS JOIN LATERAL (SELECT count(*) AS n FROM dispatches d WHERE d.webhook_id = w.id) c
     LEFT JOIN LATERAL (SELECT status, finished_ms FROM dispatches d WHERE d.webhook_id = w.id
         ORDER BY d.id DESC LIMIT 1) l ON true";
-
-fn ms(v: Option<i64>) -> Option<u64> {
-    v.and_then(|v| u64::try_from(v).ok())
-}
-
-fn db_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 fn status(code: i16) -> Result<crate::model::DispatchStatus, StoreError> {
     u8::try_from(code)
@@ -45,12 +37,12 @@ fn with_stats(row: &Row) -> Result<(Webhook, WebhookStats), StoreError> {
     let last_dispatch = match row.get::<_, Option<i16>>("last_status") {
         Some(code) => Some(LastDispatch {
             status: status(code)?,
-            finished_ms: ms(row.get("last_finished_ms")),
+            finished_ms: from_db(row.get("last_finished_ms")),
         }),
         None => match row.get::<_, Option<i16>>("last_ended_status") {
             Some(code) => Some(LastDispatch {
                 status: status(code)?,
-                finished_ms: ms(row.get("last_ended_ms")),
+                finished_ms: from_db(row.get("last_ended_ms")),
             }),
             None => None,
         },

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
-use super::{PgStore, pg_error, shard_of};
+use super::{PgStore, db_i64, pg_error, shard_of};
 use crate::model::{Call, Decision};
 use crate::store::codes::{event_code, job_code, status_code};
 use crate::store::index::IndexChange;
@@ -443,10 +443,6 @@ struct Plan {
     k_event: Vec<String>,
     k_answer: Vec<Vec<u8>>,
     fired: HashSet<String>,
-}
-
-fn db_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Plan {
