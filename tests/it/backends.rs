@@ -317,6 +317,58 @@ fn postgres_refuses_a_newer_schema() {
     });
 }
 
+/// A database left by schema 1 (the outbox was a partial index of `dispatches`, rebuilt here
+/// by hand from a schema-2 one) migrates to 2 with its ACTIVE dispatches in the outbox.
+#[test]
+fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
+    let Some(url) = postgres::fresh_database("postgres_schema_1") else { return };
+    let (a, waiting, ended) = runtime().block_on(async {
+        let (store, writer) = Store::open_postgres(&url, 2, 15_000, limits()).await.unwrap();
+        let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap();
+        let a = a.webhook;
+        let e1 = event(ALICE, 10, None, &[(&a, EventType::RunSucceeded)]);
+        let e2 = event(ALICE, 11, None, &[(&a, EventType::RunSucceeded)]);
+        let (ended, waiting) = (e1.dispatches[0].id.clone(), e2.dispatches[0].id.clone());
+        store.ingest(vec![e1, e2], None).await.unwrap();
+        let mut scheduler = Scheduler::new(16, 1, 8);
+        let pass = scheduler.take_due(&store, 11).await.unwrap();
+        assert_eq!(pass.calls.len(), 1, "one call per target at a time");
+        assert_eq!(pass.calls[0].1.id, ended, "the earliest due goes first");
+        store.record_call(ended.clone(), call_at(11, 200), Decision::Succeeded).await.unwrap();
+        writer.close().await;
+        drop(store);
+        // The second is left waiting.
+        (a, waiting, ended)
+    });
+    postgres::psql(
+        &url,
+        "DROP TABLE outbox;
+         DROP INDEX dispatches_by_time;
+         CREATE INDEX dispatches_by_user_status ON dispatches (user_id, status, event_type, id);
+         CREATE INDEX dispatches_by_webhook_status
+             ON dispatches (webhook_id, status, event_type, id);
+         CREATE INDEX dispatches_due ON dispatches (shard, target, next_due_ms, id)
+             INCLUDE (user_id) WHERE status = 0;
+         CREATE INDEX dispatches_ended ON dispatches (finished_ms, id) WHERE status <> 0;
+         UPDATE hookd_meta SET value = 1 WHERE name = 'schema_version';",
+    );
+    runtime().block_on(async {
+        let (store, writer) = Store::open_postgres(&url, 2, 15_000, limits()).await.unwrap();
+        let keys = store.outbox_keys().await.unwrap();
+        assert_eq!(keys, vec![("http://127.0.0.1:9".to_string(), 11, waiting.clone())]);
+        let pass = Scheduler::new(16, 4, 8).take_due(&store, 20).await.unwrap();
+        let taken: Vec<&str> = pass.calls.iter().map(|(_, d)| d.id.as_str()).collect();
+        assert_eq!(taken, vec![waiting.as_str()]);
+        let d = store.get_dispatch(ALICE.into(), ended).await.unwrap().unwrap();
+        assert_eq!(d.status, DispatchStatus::Succeeded);
+        assert_eq!(d.webhook_id, a.id);
+        writer.close().await;
+    });
+    let version =
+        postgres::psql(&url, "SELECT value FROM hookd_meta WHERE name = 'schema_version'");
+    assert_eq!(version.trim(), "2");
+}
+
 /// An event of `user` at `ms` with one dispatch per (webhook, event type) given, as the API
 /// renders them (ids in time order).
 fn event(user: &str, ms: u64, key: Option<&str>, to: &[(&Webhook, EventType)]) -> NewEvent {

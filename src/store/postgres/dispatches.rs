@@ -110,8 +110,11 @@ impl PgStore {
         state.reactivate(now_ms);
         let bytes = records::encode_dispatch_state(&state)?;
         tx.execute(
-            "UPDATE dispatches SET state = $2, status = 0, next_due_ms = $3, finished_ms = NULL
-             WHERE id = $1",
+            "WITH d AS (
+                UPDATE dispatches SET state = $2, status = 0, next_due_ms = $3, finished_ms = NULL
+                WHERE id = $1 RETURNING id, shard, target, next_due_ms, user_id)
+             INSERT INTO outbox SELECT * FROM d
+             ON CONFLICT (id) DO UPDATE SET next_due_ms = excluded.next_due_ms",
             &[&dispatch_id, &bytes, &db_i64(now_ms)],
         )
         .await
@@ -127,8 +130,7 @@ impl PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT target, next_due_ms, id FROM dispatches WHERE status = 0
-                 ORDER BY target, next_due_ms, id",
+                "SELECT target, next_due_ms, id FROM outbox ORDER BY target, next_due_ms, id",
                 &[],
             )
             .await
@@ -136,8 +138,8 @@ impl PgStore {
         Ok(rows
             .iter()
             .map(|r| {
-                let due: Option<i64> = r.get(1);
-                (r.get(0), from_db(due).unwrap_or(0), r.get(2))
+                let due: i64 = r.get(1);
+                (r.get(0), from_db(Some(due)).unwrap_or(0), r.get(2))
             })
             .collect())
     }

@@ -1,11 +1,18 @@
-//! The outbox on PostgreSQL: the ACTIVE dispatches of the shards this node holds, walked per
-//! shard with a skip scan over their targets (one index probe per target) and each target's
-//! first due rows; the scheduler's picker chooses (delivery/schedule.rs), then the chosen
-//! dispatches are read whole. Each taken dispatch remembers the epoch of its shard's lease, which
-//! fences the outcome the writer records (writer.rs).
+//! The outbox on PostgreSQL: the `outbox` table holds one small row per ACTIVE dispatch (deleted
+//! when it ends). A pass walks the shards this node holds with a skip scan over their targets
+//! (one index probe per target) and each target's first due rows; the scheduler's picker
+//! chooses (delivery/schedule.rs), then the chosen dispatches are read whole. Each taken
+//! dispatch remembers the epoch of its shard's lease, which fences the outcome the writer
+//! records (writer.rs).
+//!
+//! A deleted row's index entry stays until a vacuum, and a walk steps over it; autovacuum looks
+//! at a database about once a minute, far too seldom at thousands of deliveries a second, so
+//! each node vacuums the table itself once it has deleted enough rows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::{PgStore, db_i64, from_db, pg_error, shard_of};
 use crate::store::{Due, DuePicker, StoreError, records};
@@ -17,22 +24,26 @@ const ROWS_PER_PASS_MAX: i64 = 8192;
 /// Dispatches remembered with their lease epoch until their outcome; past this (calls that
 /// never came back) the memory starts over and those outcomes are refused.
 const TAKEN_MAX: usize = 100_000;
+/// A node vacuums the outbox once it has deleted this many rows since its last vacuum...
+const VACUUM_AFTER_ROWS: u64 = 2_000;
+/// ...looking this often.
+const VACUUM_CHECK_MS: u64 = 500;
 
 const WALK: &str = "SELECT s.shard, t.target, c.id, c.user_id, c.next_due_ms
     FROM unnest($1::int2[]) WITH ORDINALITY AS s(shard, n)
     CROSS JOIN LATERAL (
         WITH RECURSIVE r(target) AS (
-            (SELECT target FROM dispatches WHERE status = 0 AND shard = s.shard
+            (SELECT target FROM outbox WHERE shard = s.shard
              ORDER BY target LIMIT 1)
             UNION ALL
-            SELECT (SELECT target FROM dispatches WHERE status = 0 AND shard = s.shard
+            SELECT (SELECT target FROM outbox WHERE shard = s.shard
                     AND target > r.target ORDER BY target LIMIT 1)
             FROM r WHERE r.target IS NOT NULL
         ) SELECT target FROM r WHERE target IS NOT NULL
     ) t
     CROSS JOIN LATERAL (
-        SELECT id, user_id, next_due_ms FROM dispatches d
-        WHERE d.status = 0 AND d.shard = s.shard AND d.target = t.target
+        SELECT id, user_id, next_due_ms FROM outbox d
+        WHERE d.shard = s.shard AND d.target = t.target
           AND d.id NOT IN (SELECT unnest($2::text[]))
         ORDER BY d.next_due_ms, d.id LIMIT $3
     ) c
@@ -61,7 +72,10 @@ impl PgStore {
         };
         let client = self.client().await?;
         let rows = client
-            .query(WALK, &[&shards, &in_flight, &ROWS_PER_TARGET_MAX, &ROWS_PER_PASS_MAX])
+            .query(
+                &client.prepare_cached(WALK).await.map_err(pg_error)?,
+                &[&shards, &in_flight, &ROWS_PER_TARGET_MAX, &ROWS_PER_PASS_MAX],
+            )
             .await
             .map_err(pg_error)?;
         let now_ms = db_i64(picker.now_ms());
@@ -99,7 +113,12 @@ impl PgStore {
         let ids: Vec<&str> = chosen.iter().map(|(id, _)| id.as_str()).collect();
         let rows = client
             .query(
-                "SELECT request, state FROM dispatches WHERE id = ANY($1) AND status = 0",
+                &client
+                    .prepare_cached(
+                        "SELECT request, state FROM dispatches WHERE id = ANY($1) AND status = 0",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[&ids],
             )
             .await
@@ -127,7 +146,13 @@ impl PgStore {
             webhooks.sort_unstable();
             webhooks.dedup();
             let rows = client
-                .query("SELECT id, signing_keys FROM webhooks WHERE id = ANY($1)", &[&webhooks])
+                .query(
+                    &client
+                        .prepare_cached("SELECT id, signing_keys FROM webhooks WHERE id = ANY($1)")
+                        .await
+                        .map_err(pg_error)?,
+                    &[&webhooks],
+                )
                 .await
                 .map_err(pg_error)?;
             for row in rows {
@@ -136,5 +161,36 @@ impl PgStore {
             }
         }
         Ok(due)
+    }
+}
+
+impl PgStore {
+    /// Vacuums the outbox table whenever this node has deleted enough of its rows, until the
+    /// store is dropped or closed.
+    pub(super) async fn vacuum_outbox(self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(VACUUM_CHECK_MS)).await;
+            if Arc::strong_count(&self.inner) <= 1 || self.inner.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let removed = self.inner.outbox_removed.load(Ordering::Relaxed);
+            if removed < VACUUM_AFTER_ROWS {
+                continue;
+            }
+            self.inner.outbox_removed.fetch_sub(removed, Ordering::Relaxed);
+            let client = match self.client().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot vacuum the outbox");
+                    continue;
+                }
+            };
+            // Another node vacuuming it already does the job.
+            if let Err(e) =
+                client.batch_execute("VACUUM (SKIP_LOCKED, TRUNCATE false) outbox").await
+            {
+                tracing::warn!(error = %pg_error(e), "cannot vacuum the outbox");
+            }
+        }
     }
 }

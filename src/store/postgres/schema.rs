@@ -9,13 +9,14 @@ use crate::store::StoreError;
 use super::pg_error;
 
 /// The schema this hookd writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Serializes migrations between nodes (any constant both sides agree on).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6400; // "hookd\0"
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE hookd_meta (name text PRIMARY KEY, value bigint NOT NULL);
 
 -- Every webhook, its condition keys for the per-actor/task lists, and its signing keys.
@@ -111,7 +112,35 @@ CREATE TABLE shard_leases (
     expires_at timestamptz NOT NULL DEFAULT '-infinity'
 );
 INSERT INTO shard_leases (shard) SELECT generate_series(0, 63);
-"#];
+"#,
+    // The outbox leaves `dispatches`: a delivered row's entry in a partial index of that big
+    // table stays until a vacuum of the whole table, and every walk stepped over them. A small
+    // table of the ACTIVE ones, rows deleted when they end and vacuumed by hookd (outbox.rs),
+    // keeps the walk proportional to the work waiting.
+    r#"
+CREATE TABLE outbox (
+    id text PRIMARY KEY,
+    shard smallint NOT NULL,
+    target text NOT NULL,
+    next_due_ms bigint NOT NULL,
+    user_id text NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+    vacuum_truncate = false);
+CREATE INDEX outbox_due ON outbox (shard, target, next_due_ms, id) INCLUDE (user_id);
+INSERT INTO outbox SELECT id, shard, target, coalesce(next_due_ms, 0), user_id
+    FROM dispatches WHERE status = 0;
+DROP INDEX dispatches_due;
+-- Recording a call rewrites a dispatch's status, state and finish time: with none of them
+-- indexed and room left on its page, PostgreSQL updates the row in place (HOT) instead of
+-- adding an entry to every index. Lists filtered by status read the user's or webhook's rows
+-- in id order and filter them; retention walks dispatches by creation time.
+DROP INDEX dispatches_by_user_status;
+DROP INDEX dispatches_by_webhook_status;
+DROP INDEX dispatches_ended;
+CREATE INDEX dispatches_by_time ON dispatches (created_ms, id);
+ALTER TABLE dispatches SET (fillfactor = 75);
+"#,
+];
 
 /// Creates or migrates the schema; refuses a newer one.
 pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {

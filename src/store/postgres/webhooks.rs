@@ -4,6 +4,7 @@
 //! every webhook write bumps `hookd_meta.changes` in its transaction (mod.rs).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -259,6 +260,10 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
+            tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ended_ids])
+                .await
+                .map_err(pg_error)?;
+            self.inner.outbox_removed.fetch_add(ended_ids.len() as u64, Ordering::Relaxed);
         }
         let changes = bump_changes(&tx).await?;
         tx.commit().await.map_err(pg_error)?;

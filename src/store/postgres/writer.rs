@@ -6,9 +6,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 use super::{PgStore, db_i64, pg_error, shard_of};
 use crate::model::{Call, Decision};
@@ -171,16 +173,24 @@ impl PgStore {
             let applied = match &job.expected_status {
                 Some(expected) => tx
                     .execute(
-                        "UPDATE jobs SET status = $4, object = $5
+                        &tx.prepare_cached(
+                            "UPDATE jobs SET status = $4, object = $5
                          WHERE user_id = $1 AND kind = $2 AND id = $3 AND status = $6",
+                        )
+                        .await
+                        .map_err(failure)?,
                         &[&job.user_id, &kind, &job.id, &job.status, &job.object_json, expected],
                     )
                     .await
                     .map_err(failure)?,
                 None => tx
                     .execute(
-                        "INSERT INTO jobs (user_id, kind, id, status, object)
+                        &tx.prepare_cached(
+                            "INSERT INTO jobs (user_id, kind, id, status, object)
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        )
+                        .await
+                        .map_err(failure)?,
                         &[&job.user_id, &kind, &job.id, &job.status, &job.object_json],
                     )
                     .await
@@ -199,8 +209,8 @@ impl PgStore {
                 WriteOp::RecordCall { .. } => Vec::new(),
             })
             .collect();
-        let replayed = stored_answers(&tx, &events).await?;
-        let checks = webhook_checks(&tx, &events).await?;
+        let (replayed, checks) =
+            tokio::try_join!(stored_answers(&tx, &events), webhook_checks(&tx, &events))?;
         let mut plan = Plan::default();
         let mut firsts: HashMap<(&str, &str), EventAnswer> = HashMap::new();
         let mut per_op: Vec<Vec<EventAnswer>> = vec![Vec::new(); ops.len()];
@@ -262,7 +272,11 @@ impl PgStore {
         ids.sort_unstable();
         let rows = tx
             .query(
-                "SELECT id, state FROM dispatches WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT id, state FROM dispatches WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                )
+                .await
+                .map_err(failure)?,
                 &[&ids],
             )
             .await
@@ -296,13 +310,13 @@ impl PgStore {
         }
         let ttl_fence = tx
             .query(
-                "UPDATE dispatches d SET state = u.state, status = u.status,
+                &tx.prepare_cached("UPDATE dispatches d SET state = u.state, status = u.status,
                     next_due_ms = u.due, finished_ms = u.finished
                  FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::int8[], $5::int8[],
                              $6::int2[], $7::int8[]) AS u(id, state, status, due, finished, shard, epoch)
                  JOIN shard_leases l ON l.shard = u.shard AND l.epoch = u.epoch
                  WHERE d.id = u.id AND l.owner = $8 AND l.expires_at > now()
-                 RETURNING d.id",
+                 RETURNING d.id, d.status, d.next_due_ms").await.map_err(failure)?,
                 &[
                     &u.id,
                     &u.state,
@@ -317,6 +331,32 @@ impl PgStore {
             .await
             .map_err(failure)?;
         let written: HashSet<String> = ttl_fence.iter().map(|r| r.get(0)).collect();
+        let (mut again, mut again_due, mut ended) = (Vec::new(), Vec::new(), Vec::new());
+        for row in &ttl_fence {
+            let id: &str = row.get(0);
+            match (row.get::<_, i16>(1), row.get::<_, Option<i64>>(2)) {
+                (0, Some(due_ms)) => {
+                    again.push(id);
+                    again_due.push(due_ms);
+                }
+                _ => ended.push(id),
+            }
+        }
+        if !again.is_empty() || !ended.is_empty() {
+            tx.execute(
+                &tx.prepare_cached(
+                    "WITH ended AS (DELETE FROM outbox WHERE id = ANY($3))
+             UPDATE outbox o SET next_due_ms = u.due
+             FROM unnest($1::text[], $2::int8[]) AS u(id, due) WHERE o.id = u.id",
+                )
+                .await
+                .map_err(failure)?,
+                &[&again, &again_due, &ended],
+            )
+            .await
+            .map_err(failure)?;
+        }
+        self.inner.outbox_removed.fetch_add(ended.len() as u64, Ordering::Relaxed);
         for (id, i) in u.id.iter().zip(&u.op) {
             if !written.contains(id) {
                 answers[*i] = Err(lost());
@@ -359,9 +399,13 @@ async fn stored_answers(
     }
     let rows = tx
         .query(
-            "SELECT i.user_id, i.key, i.answer FROM event_idem i
+            &tx.prepare_cached(
+                "SELECT i.user_id, i.key, i.answer FROM event_idem i
              JOIN unnest($1::text[], $2::text[]) AS k(user_id, key)
                ON i.user_id = k.user_id AND i.key = k.key",
+            )
+            .await
+            .map_err(failure)?,
             &[&users, &keys],
         )
         .await
@@ -399,8 +443,12 @@ async fn webhook_checks(
     // In id order, so that two groups lock shared rows in one order.
     let rows = tx
         .query(
-            "SELECT id, is_enabled, fired, CASE WHEN is_ad_hoc THEN record END
+            &tx.prepare_cached(
+                "SELECT id, is_enabled, fired, CASE WHEN is_ad_hoc THEN record END
              FROM webhooks WHERE id = ANY($1) ORDER BY id FOR SHARE",
+            )
+            .await
+            .map_err(failure)?,
             &[&ids],
         )
         .await
@@ -506,63 +554,68 @@ impl Plan {
         Ok(answer)
     }
 
+    /// Sends the group's statements back to back in one pipeline (they touch different
+    /// tables), then waits for all their answers.
     async fn write(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), Failure> {
-        if !self.fired.is_empty() {
-            let fired: Vec<&String> = self.fired.iter().collect();
-            tx.execute("UPDATE webhooks SET fired = true WHERE id = ANY($1)", &[&fired])
-                .await
-                .map_err(failure)?;
-        }
-        if !self.d_id.is_empty() {
-            tx.execute(
-                "INSERT INTO dispatches (id, user_id, webhook_id, created_ms, event_type, status,
-                    request, state, next_due_ms, finished_ms, target, shard)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int2[],
-                    $6::int2[], $7::bytea[], $8::bytea[], $9::int8[], $10::int8[], $11::text[],
-                    $12::int2[])",
-                &[
-                    &self.d_id,
-                    &self.d_user,
-                    &self.d_webhook,
-                    &self.d_created,
-                    &self.d_type,
-                    &self.d_status,
-                    &self.d_request,
-                    &self.d_state,
-                    &self.d_due,
-                    &self.d_finished,
-                    &self.d_target,
-                    &self.d_shard,
-                ],
-            )
-            .await
-            .map_err(failure)?;
-            tx.execute("SELECT pg_notify('hookd_outbox', '')", &[]).await.map_err(failure)?;
-        }
-        if !self.e_id.is_empty() {
-            tx.execute(
+        let prepared = |sql| async move { tx.prepare_cached(sql).await.map_err(failure) };
+        let (fire, insert_dispatches, notify, insert_events, insert_keys) = tokio::try_join!(
+            prepared("UPDATE webhooks SET fired = true WHERE id = ANY($1)"),
+            prepared(
+                "WITH d AS (
+                    INSERT INTO dispatches (id, user_id, webhook_id, created_ms, event_type,
+                        status, request, state, next_due_ms, finished_ms, target, shard)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[],
+                        $5::int2[], $6::int2[], $7::bytea[], $8::bytea[], $9::int8[], $10::int8[],
+                        $11::text[], $12::int2[])
+                    RETURNING id, shard, target, next_due_ms, user_id, status)
+                 INSERT INTO outbox SELECT id, shard, target, coalesce(next_due_ms, 0), user_id
+                    FROM d WHERE status = 0"
+            ),
+            prepared("SELECT pg_notify('hookd_outbox', '')"),
+            prepared(
                 "INSERT INTO events (id, user_id, created_ms, idempotency_key, record)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[])",
-                &[&self.e_id, &self.e_user, &self.e_created, &self.e_key, &self.e_record],
-            )
-            .await
-            .map_err(failure)?;
-        }
-        if !self.k_key.is_empty() {
-            let inserted = tx
-                .execute(
-                    "INSERT INTO event_idem (user_id, key, event_id, answer)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
-                     ON CONFLICT DO NOTHING",
-                    &[&self.k_user, &self.k_key, &self.k_event, &self.k_answer],
-                )
-                .await
-                .map_err(failure)?;
-            if inserted != self.k_key.len() as u64 {
-                // Another node stored one of these keys after this group looked: the next
-                // attempt answers it with that node's answer.
-                return Err(Failure::Retry("an idempotency key was taken meanwhile".into()));
-            }
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[])"
+            ),
+            prepared(
+                "INSERT INTO event_idem (user_id, key, event_id, answer)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+                 ON CONFLICT DO NOTHING"
+            ),
+        )?;
+        let fired: Vec<&String> = self.fired.iter().collect();
+        type Params<'a> = [&'a (dyn ToSql + Sync)];
+        let fire_params: &Params = &[&fired];
+        let dispatch_params: &Params = &[
+            &self.d_id,
+            &self.d_user,
+            &self.d_webhook,
+            &self.d_created,
+            &self.d_type,
+            &self.d_status,
+            &self.d_request,
+            &self.d_state,
+            &self.d_due,
+            &self.d_finished,
+            &self.d_target,
+            &self.d_shard,
+        ];
+        let event_params: &Params =
+            &[&self.e_id, &self.e_user, &self.e_created, &self.e_key, &self.e_record];
+        let key_params: &Params = &[&self.k_user, &self.k_key, &self.k_event, &self.k_answer];
+        let run = |skip: bool, stmt, params| async move {
+            if skip { Ok(0) } else { tx.execute(stmt, params).await.map_err(failure) }
+        };
+        let (_, _, _, _, inserted) = tokio::try_join!(
+            run(fired.is_empty(), &fire, fire_params),
+            run(self.d_id.is_empty(), &insert_dispatches, dispatch_params),
+            run(self.d_id.is_empty(), &notify, &[]),
+            run(self.e_id.is_empty(), &insert_events, event_params),
+            run(self.k_key.is_empty(), &insert_keys, key_params),
+        )?;
+        if inserted != self.k_key.len() as u64 {
+            // Another node stored one of these keys after this group looked: the next
+            // attempt answers it with that node's answer.
+            return Err(Failure::Retry("an idempotency key was taken meanwhile".into()));
         }
         Ok(())
     }
