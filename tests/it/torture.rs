@@ -20,30 +20,33 @@ use serde_json::{Value, json};
 use crate::support::receiver::{Receiver, Reply};
 use crate::support::*;
 
-fn env_or(name: &str, default: u64) -> u64 {
+pub(crate) fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// splitmix64: a seeded stream for the kill moments and the receiver's failures.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-const RETRY_DELAYS: &str = "[20, 40, 80, 160, 320, 640]";
-const CALLS_MAX: usize = 7;
+pub(crate) const RETRY_DELAYS: &str = "[20, 40, 80, 160, 320, 640]";
+pub(crate) const CALLS_MAX: usize = 7;
 const INFLIGHT_MAX: usize = 64;
 /// Ended dispatches older than this are deleted while the torture runs.
 const RETENTION_MS: u64 = 100;
 
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     /// marker -> dispatch ids, for events that got a 202.
-    acked: HashMap<String, Vec<String>>,
-    /// markers of requests that were sent but got no answer (in flight at a kill).
-    in_flight: HashSet<String>,
+    pub acked: HashMap<String, Vec<String>>,
+    /// markers of requests that were sent but got no answer (in flight at a kill), or an
+    /// error while the database was down (committed or not).
+    pub in_flight: HashSet<String>,
+    /// 5xx answers (the database was down).
+    pub server_errors: usize,
 }
 
 #[test]
@@ -78,82 +81,13 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
     let hook = d.create_webhook(ALICE_TOKEN, &webhook_body("A", &rx.url("/")));
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     for cycle in 0..cycles {
-        let addr = d.addr;
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked_now = Arc::new(AtomicUsize::new(0));
-        let workers: Vec<_> = (0..4)
-            .map(|w| {
-                let (ledger, stop, acked_now) = (ledger.clone(), stop.clone(), acked_now.clone());
-                std::thread::spawn(move || {
-                    let mut i = 0;
-                    while !stop.load(Ordering::SeqCst) {
-                        i += 1;
-                        // Single events and small arrays, mixed.
-                        let n = if i % 4 == 0 { 5 } else { 1 };
-                        let markers: Vec<String> =
-                            (0..n).map(|k| format!("ev-{cycle}-{w}-{i}-{k}")).collect();
-                        let events: Vec<Value> = markers
-                            .iter()
-                            .map(|m| {
-                                let mut e = run_event("ACTOR.RUN.SUCCEEDED", "A", None, m);
-                                e["resource"]["marker"] = json!(m);
-                                e
-                            })
-                            .collect();
-                        let body = if n == 1 { events[0].clone() } else { Value::Array(events) };
-                        // From here on the request may reach the daemon: in flight until answered.
-                        ledger.lock().unwrap().in_flight.extend(markers.iter().cloned());
-                        let auth = format!("Bearer {ALICE_TOKEN}");
-                        let r = try_raw_request(
-                            addr,
-                            "POST",
-                            "/v2/webhook-events",
-                            &[("Authorization", &auth), ("Content-Type", "application/json")],
-                            body.to_string().as_bytes(),
-                        );
-                        match r {
-                            Ok(r) if r.status == 202 => {
-                                let data = r.json()["data"].clone();
-                                let answers = if n == 1 {
-                                    vec![data]
-                                } else {
-                                    data.as_array().unwrap().clone()
-                                };
-                                let mut l = ledger.lock().unwrap();
-                                for (m, a) in markers.iter().zip(answers) {
-                                    l.in_flight.remove(m);
-                                    let ids = a["dispatchIds"]
-                                        .as_array()
-                                        .unwrap()
-                                        .iter()
-                                        .map(|v| v.as_str().unwrap().to_string())
-                                        .collect();
-                                    l.acked.insert(m.clone(), ids);
-                                }
-                                acked_now.fetch_add(n, Ordering::SeqCst);
-                            }
-                            Ok(r) => panic!(
-                                "unexpected answer {}: {:?}",
-                                r.status,
-                                String::from_utf8_lossy(&r.body)
-                            ),
-                            Err(_) => break, // killed while in flight: stays in `in_flight`
-                        }
-                    }
-                })
-            })
-            .collect();
+        let load = Load::start(&[d.addr], 1, cycle, &ledger, false);
         // Kill at a seeded moment: after a seeded share of this cycle's events.
         let kill_after =
             per_cycle / 2 + (mix(seed ^ (cycle + 1)) as usize % (per_cycle / 2).max(1));
-        wait_until(Duration::from_secs(120), "events acknowledged this cycle", || {
-            (acked_now.load(Ordering::SeqCst) >= kill_after).then_some(())
-        });
+        load.wait_acked(kill_after);
         d.kill9();
-        stop.store(true, Ordering::SeqCst);
-        for w in workers {
-            w.join().unwrap();
-        }
+        load.stop();
         d.restart();
     }
     let ledger = ledger.lock().unwrap();
@@ -265,4 +199,127 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
         unacked_delivered.len(),
         received.len()
     );
+}
+
+/// Four threads posting single events and small arrays (to the daemons given, in turn) until
+/// stopped; each acknowledged marker goes to the ledger with its dispatch ids.
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    acked_now: Arc<AtomicUsize>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `server_errors_expected`: a 5xx (the database is down) leaves the events in flight and
+    /// the worker carries on; otherwise it fails the test.
+    /// Events name `actors` actors in turn: `A` for one, else `A0`, `A1`...
+    pub(crate) fn start(
+        addrs: &[std::net::SocketAddr],
+        actors: usize,
+        cycle: u64,
+        ledger: &Arc<Mutex<Ledger>>,
+        server_errors_expected: bool,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked_now = Arc::new(AtomicUsize::new(0));
+        let workers = (0..4)
+            .map(|w| {
+                let (ledger, stop, acked_now) = (ledger.clone(), stop.clone(), acked_now.clone());
+                let addr = addrs[w % addrs.len()];
+                std::thread::spawn(move || {
+                    let poster = Poster { addr, actors, cycle, worker: w, server_errors_expected };
+                    poster.post_until_stopped(&ledger, &stop, &acked_now)
+                })
+            })
+            .collect();
+        Load { stop, acked_now, workers }
+    }
+
+    /// Waits until `n` events were acknowledged since the start.
+    pub(crate) fn wait_acked(&self, n: usize) {
+        wait_until(Duration::from_secs(180), "events acknowledged this cycle", || {
+            (self.acked_now.load(Ordering::SeqCst) >= n).then_some(())
+        });
+    }
+
+    pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            w.join().unwrap();
+        }
+    }
+}
+
+struct Poster {
+    addr: std::net::SocketAddr,
+    actors: usize,
+    cycle: u64,
+    worker: usize,
+    server_errors_expected: bool,
+}
+
+impl Poster {
+    fn post_until_stopped(
+        &self,
+        ledger: &Mutex<Ledger>,
+        stop: &AtomicBool,
+        acked_now: &AtomicUsize,
+    ) {
+        let Poster { addr, actors, cycle, worker: w, server_errors_expected } = *self;
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) {
+            i += 1;
+            // Single events and small arrays, mixed.
+            let n = if i % 4 == 0 { 5 } else { 1 };
+            let markers: Vec<String> = (0..n).map(|k| format!("ev-{cycle}-{w}-{i}-{k}")).collect();
+            let events: Vec<Value> = markers
+                .iter()
+                .map(|m| {
+                    let actor =
+                        if actors == 1 { "A".to_string() } else { format!("A{}", i % actors) };
+                    let mut e = run_event("ACTOR.RUN.SUCCEEDED", &actor, None, m);
+                    e["resource"]["marker"] = json!(m);
+                    e
+                })
+                .collect();
+            let body = if n == 1 { events[0].clone() } else { Value::Array(events) };
+            // From here on the request may reach the daemon: in flight until answered.
+            ledger.lock().unwrap().in_flight.extend(markers.iter().cloned());
+            let auth = format!("Bearer {ALICE_TOKEN}");
+            let r = try_raw_request(
+                addr,
+                "POST",
+                "/v2/webhook-events",
+                &[("Authorization", &auth), ("Content-Type", "application/json")],
+                body.to_string().as_bytes(),
+            );
+            match r {
+                Ok(r) if r.status == 202 => {
+                    let data = r.json()["data"].clone();
+                    let answers =
+                        if n == 1 { vec![data] } else { data.as_array().unwrap().clone() };
+                    let mut l = ledger.lock().unwrap();
+                    for (m, a) in markers.iter().zip(answers) {
+                        l.in_flight.remove(m);
+                        let ids = a["dispatchIds"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_str().unwrap().to_string())
+                            .collect();
+                        l.acked.insert(m.clone(), ids);
+                    }
+                    acked_now.fetch_add(n, Ordering::SeqCst);
+                }
+                Ok(r) if server_errors_expected && r.status >= 500 => {
+                    ledger.lock().unwrap().server_errors += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(r) => {
+                    panic!("unexpected answer {}: {:?}", r.status, String::from_utf8_lossy(&r.body))
+                }
+                Err(_) => break, // killed while in flight: stays in `in_flight`
+            }
+        }
+    }
 }
