@@ -26,15 +26,7 @@ fn two_nodes_share_the_api_and_deliver_each_dispatch_once() {
     let a = TestDaemon::start(&config);
     let b = TestDaemon::start(&config);
     // Once both hold their half of the shards no lease moves, so no call is made twice.
-    let url = database_url(&config);
-    wait_until(Duration::from_secs(40), "the shards to split between the nodes", || {
-        let split = crate::support::postgres::psql(
-            &url,
-            "SELECT string_agg(n::text, ',') FROM (SELECT count(*) AS n FROM shard_leases
-             WHERE expires_at > now() GROUP BY owner) c",
-        );
-        (split == "32,32").then_some(())
-    });
+    wait_for_the_split(&database_url(&config));
     // Many targets (ports), so that the shards of both nodes have work.
     let receivers: Vec<Receiver> =
         (0..8).map(|_| Receiver::start(0, |_, _| Reply::Status(200))).collect();
@@ -95,6 +87,51 @@ fn two_nodes_share_the_api_and_deliver_each_dispatch_once() {
     for node in [&a, &b] {
         let d = node.dispatch(ALICE_TOKEN, &ids[0]);
         assert_eq!(d["status"], "SUCCEEDED", "{d}");
+    }
+}
+
+/// Waits until the 64 shards are split 32/32 between two live nodes.
+fn wait_for_the_split(url: &str) {
+    wait_until(Duration::from_secs(40), "the shards to split between the nodes", || {
+        let split = crate::support::postgres::psql(
+            url,
+            "SELECT string_agg(n::text, ',') FROM (SELECT count(*) AS n FROM shard_leases
+             WHERE expires_at > now() GROUP BY owner) c",
+        );
+        (split == "32,32").then_some(())
+    });
+}
+
+/// An event acknowledged by one node for a target whose shard the other node holds is
+/// delivered at once (the other node is told), not on that node's next idle look at the
+/// outbox (once a second).
+#[test]
+fn a_node_is_woken_when_another_node_adds_work_for_it() {
+    let Some(config) = on_postgres("wake", CONFIG) else { return };
+    let a = TestDaemon::start(&config);
+    let b = TestDaemon::start(&config);
+    wait_for_the_split(&database_url(&config));
+    let rx = Receiver::start(0, |_, _| Reply::Status(200));
+    a.create_webhook(ALICE_TOKEN, &webhook_body("wake", &rx.url("/hook")));
+    // One node holds the target's shard: events through each node in turn, one at a time, so
+    // half of them are acknowledged by the node that does not deliver them.
+    let mut waits_ms: [Vec<u128>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..30 {
+        let before = rx.received().len();
+        let sent = std::time::Instant::now();
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", "wake", None, "r"));
+        let arrived = wait_until(Duration::from_secs(10), "the delivery", || {
+            rx.received().get(before).map(|r| r.at)
+        });
+        waits_ms[i % 2].push(arrived.saturating_duration_since(sent).as_millis());
+        // Land at different moments of the idle poll.
+        std::thread::sleep(Duration::from_millis(37));
+    }
+    for (node, waits) in ["a", "b"].iter().zip(&mut waits_ms) {
+        waits.sort_unstable();
+        let median = waits[waits.len() / 2];
+        assert!(median < 200, "through node {node}: median {median} ms to delivery ({waits:?})");
     }
 }
 

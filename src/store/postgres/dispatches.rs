@@ -119,7 +119,10 @@ impl PgStore {
         )
         .await
         .map_err(pg_error)?;
-        tx.execute("SELECT pg_notify('hookd_outbox', '')", &[]).await.map_err(pg_error)?;
+        // No shard named: every node looks.
+        tx.execute("SELECT pg_notify($1, '')", &[&super::listen::CHANNEL])
+            .await
+            .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         self.inner.outbox_changed.notify_one();
         Ok(())

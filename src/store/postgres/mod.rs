@@ -13,6 +13,7 @@
 
 mod dispatches;
 mod leases;
+mod listen;
 mod outbox;
 mod schema;
 mod webhooks;
@@ -124,6 +125,7 @@ impl PgStore {
         // threshold, and compiling it took ten times as long as running it.
         let options = format!("{} -c jit=off", config.get_options().unwrap_or_default());
         config.options(options.trim_start());
+        let listen_config = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -174,6 +176,7 @@ impl PgStore {
         }
         tokio::spawn(store.clone().hold_leases());
         tokio::spawn(store.clone().vacuum_outbox());
+        tokio::spawn(store.clone().listen(listen_config));
         Ok(store)
     }
 

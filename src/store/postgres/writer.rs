@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::{PgStore, db_i64, pg_error, shard_of};
+use super::{PgStore, db_i64, listen, pg_error, shard_of};
 use crate::model::{Call, Decision};
 use crate::store::codes::{event_code, job_code, status_code};
 use crate::store::index::IndexChange;
@@ -229,7 +229,7 @@ impl PgStore {
             }
             per_op[*i].push(answer);
         }
-        plan.write(&tx).await?;
+        plan.write(&tx, &self.inner.node_id).await?;
         let recorded = self.record_calls(&tx, ops).await?;
         tx.commit().await.map_err(failure)?;
         let fired = plan
@@ -556,7 +556,11 @@ impl Plan {
 
     /// Sends the group's statements back to back in one pipeline (they touch different
     /// tables), then waits for all their answers.
-    async fn write(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), Failure> {
+    async fn write(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        node_id: &str,
+    ) -> Result<(), Failure> {
         let prepared = |sql| async move { tx.prepare_cached(sql).await.map_err(failure) };
         let (fire, insert_dispatches, notify, insert_events, insert_keys) = tokio::try_join!(
             prepared("UPDATE webhooks SET fired = true WHERE id = ANY($1)"),
@@ -571,7 +575,7 @@ impl Plan {
                  INSERT INTO outbox SELECT id, shard, target, coalesce(next_due_ms, 0), user_id
                     FROM d WHERE status = 0"
             ),
-            prepared("SELECT pg_notify('hookd_outbox', '')"),
+            prepared("SELECT pg_notify($1, $2)"),
             prepared(
                 "INSERT INTO events (id, user_id, created_ms, idempotency_key, record)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[])"
@@ -583,6 +587,16 @@ impl Plan {
             ),
         )?;
         let fired: Vec<&String> = self.fired.iter().collect();
+        let mut shards: Vec<i16> = self
+            .d_shard
+            .iter()
+            .zip(&self.d_status)
+            .filter(|(_, status)| **status == 0)
+            .map(|(shard, _)| *shard)
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let woken = listen::payload(node_id, &shards);
         type Params<'a> = [&'a (dyn ToSql + Sync)];
         let fire_params: &Params = &[&fired];
         let dispatch_params: &Params = &[
@@ -601,6 +615,7 @@ impl Plan {
         ];
         let event_params: &Params =
             &[&self.e_id, &self.e_user, &self.e_created, &self.e_key, &self.e_record];
+        let notify_params: &Params = &[&listen::CHANNEL, &woken];
         let key_params: &Params = &[&self.k_user, &self.k_key, &self.k_event, &self.k_answer];
         let run = |skip: bool, stmt, params| async move {
             if skip { Ok(0) } else { tx.execute(stmt, params).await.map_err(failure) }
@@ -608,7 +623,7 @@ impl Plan {
         let (_, _, _, _, inserted) = tokio::try_join!(
             run(fired.is_empty(), &fire, fire_params),
             run(self.d_id.is_empty(), &insert_dispatches, dispatch_params),
-            run(self.d_id.is_empty(), &notify, &[]),
+            run(shards.is_empty(), &notify, notify_params),
             run(self.e_id.is_empty(), &insert_events, event_params),
             run(self.k_key.is_empty(), &insert_keys, key_params),
         )?;
