@@ -154,7 +154,11 @@ pub async fn run_on(
     notify("READY=1");
     tracing::info!(
         listen = %local,
-        store = %store_path.display(),
+        store = %match config.store.backend {
+            StoreBackend::Redb => store_path.display().to_string(),
+            // The URL may hold a password: never logged.
+            StoreBackend::Postgres => "postgres".to_string(),
+        },
         webhooks,
         active_dispatches = active,
         "hookd is ready"

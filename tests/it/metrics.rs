@@ -109,7 +109,7 @@ fn metrics_count_what_was_sent_and_delivered() {
         2.0
     );
     // Every write went through a group commit: at least the 40 ingests and 500 outcomes.
-    assert!(m.value("hookd_group_commit_ops_sum", &[]) >= 542.0);
+    assert!(m.value("hookd_group_commit_ops_sum", &[]) >= 540.0);
     assert!(m.value("hookd_group_commit_duration_seconds_count", &[]) >= 1.0);
     // The log says it too: each FAILED dispatch at warn, failed calls at info but at most one
     // line per target per 10 s (this run is shorter), a line per request.

@@ -368,9 +368,23 @@ impl PgStore {
         Err(StoreError::Storage("on PostgreSQL, back up with pg_dump".into()))
     }
 
-    pub async fn refresh_gauges(&self, _now_ms: u64) -> Result<(), StoreError> {
-        let (_, active) = self.counts().await?;
-        self.inner.metrics.dispatches_active.set(db_i64(active));
+    /// This node's gauges: the ACTIVE dispatches of the shards it holds and how late the
+    /// earliest due of them is (summed and maxed over nodes, they describe the whole outbox).
+    pub async fn refresh_gauges(&self, now_ms: u64) -> Result<(), StoreError> {
+        let shards = self.inner.held.lock().unwrap_or_else(|p| p.into_inner()).usable();
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), min(next_due_ms) FROM outbox WHERE shard = ANY($1)",
+                &[&shards],
+            )
+            .await
+            .map_err(pg_error)?;
+        let m = &self.inner.metrics;
+        m.dispatches_active.set(row.get::<_, i64>(0));
+        let oldest_due_ms = from_db(row.get::<_, Option<i64>>(1));
+        let late_ms = oldest_due_ms.map_or(0, |due| now_ms.saturating_sub(due));
+        m.oldest_due_age_seconds.set(late_ms as f64 / 1000.0);
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{PgStore, db_i64, listen, pg_error, shard_of};
+use crate::metrics::StatusLabels;
 use crate::model::{Call, Decision};
 use crate::store::codes::{event_code, job_code, status_code};
 use crate::store::index::IndexChange;
@@ -122,11 +123,13 @@ impl PgStore {
     async fn apply(&self, ops: Vec<WriteOp>) {
         let mut last = StoreError::Storage("no attempt".into());
         for attempt in 1..=ATTEMPTS_MAX {
+            let started = std::time::Instant::now();
             match self.try_group(&ops).await {
-                Ok((answers, fired)) => {
+                Ok((answers, fired, tally)) => {
                     if !fired.is_empty() {
                         self.inner.index.apply(fired);
                     }
+                    tally.count(&self.inner.metrics, ops.len(), started);
                     self.inner.outbox_changed.notify_one();
                     self.forget_taken(&ops);
                     for (op, answer) in ops.into_iter().zip(answers) {
@@ -161,7 +164,10 @@ impl PgStore {
     }
 
     /// One transaction for the group: each op's answer, and the ad-hoc webhooks that fired.
-    async fn try_group(&self, ops: &[WriteOp]) -> Result<(Vec<Answer>, Vec<IndexChange>), Failure> {
+    async fn try_group(
+        &self,
+        ops: &[WriteOp],
+    ) -> Result<(Vec<Answer>, Vec<IndexChange>, Tally), Failure> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(failure)?;
         let mut answers: Vec<Option<Result<Vec<EventAnswer>, StoreError>>> =
@@ -230,7 +236,12 @@ impl PgStore {
             per_op[*i].push(answer);
         }
         plan.write(&tx, &self.inner.node_id).await?;
-        let recorded = self.record_calls(&tx, ops).await?;
+        let mut tally = Tally {
+            events: plan.e_id.len() as u64,
+            created: plan.d_id.len() as u64,
+            ended: [0; 2],
+        };
+        let recorded = self.record_calls(&tx, ops, &mut tally).await?;
         tx.commit().await.map_err(failure)?;
         let fired = plan
             .fired
@@ -247,7 +258,7 @@ impl PgStore {
                 WriteOp::RecordCall { .. } => Answer::Record(record),
             })
             .collect();
-        Ok((answers, fired))
+        Ok((answers, fired, tally))
     }
 
     /// Appends each call to its dispatch's state and applies its decision, only where this
@@ -257,6 +268,7 @@ impl PgStore {
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         ops: &[WriteOp],
+        tally: &mut Tally,
     ) -> Result<Vec<Result<(), StoreError>>, Failure> {
         let mut answers: Vec<Result<(), StoreError>> = ops.iter().map(|_| Ok(())).collect();
         let mut ids: Vec<&str> = ops
@@ -339,7 +351,10 @@ impl PgStore {
                     again.push(id);
                     again_due.push(due_ms);
                 }
-                _ => ended.push(id),
+                (status, _) => {
+                    ended.push(id);
+                    tally.ended[usize::from(status == 2)] += 1;
+                }
             }
         }
         if !again.is_empty() || !ended.is_empty() {
@@ -363,6 +378,28 @@ impl PgStore {
             }
         }
         Ok(answers)
+    }
+}
+
+/// What a committed group did, for this node's metrics.
+struct Tally {
+    events: u64,
+    created: u64,
+    /// Dispatches ended: SUCCEEDED, FAILED.
+    ended: [u64; 2],
+}
+
+impl Tally {
+    fn count(&self, m: &crate::metrics::Metrics, ops: usize, started: std::time::Instant) {
+        m.events_accepted.inc_by(self.events);
+        m.dispatches_created.inc_by(self.created);
+        for (status, n) in [("SUCCEEDED", self.ended[0]), ("FAILED", self.ended[1])] {
+            if n > 0 {
+                m.dispatches_ended.get_or_create(&StatusLabels { status }).inc_by(n);
+            }
+        }
+        m.group_commit_ops.observe(ops as f64);
+        m.group_commit_seconds.observe(started.elapsed().as_secs_f64());
     }
 }
 

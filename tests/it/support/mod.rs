@@ -56,13 +56,26 @@ impl TestDaemon {
     }
 
     /// Like [`TestDaemon::start`], with `RUST_LOG` set to `log_filter`.
+    ///
+    /// With `HOOKD_TEST_BACKEND=postgres` (the test command's second pass over the API
+    /// scenarios), a daemon whose config names no store runs on a fresh PostgreSQL database.
     pub fn start_logging(extra_config: &str, log_filter: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut extra_config = extra_config.to_string();
+        if std::env::var("HOOKD_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+            && !extra_config.contains("[store]")
+        {
+            let url = postgres::fresh_database("scenario")
+                .expect("HOOKD_TEST_BACKEND=postgres needs the test command's PostgreSQL");
+            extra_config.push_str(&format!(
+                "\n[store]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"
+            ));
+        }
         let mut d = TestDaemon {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
-            extra_config: extra_config.to_string(),
+            extra_config,
             log_filter: log_filter.to_string(),
         };
         d.spawn();
