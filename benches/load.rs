@@ -160,6 +160,16 @@ impl Daemon {
         Daemon { child, addr, dir, config }
     }
 
+    /// Another daemon on the same database (PostgreSQL), in a data dir of its own.
+    fn joining(&self) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = self.dir.path().join("data").display().to_string();
+        let config = self.config.replace(&data, &dir.path().join("data").display().to_string());
+        std::fs::write(dir.path().join("hookd.toml"), &config).expect("config");
+        let (child, addr, _) = spawn_daemon(dir.path());
+        Daemon { child, addr, dir, config }
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -372,13 +382,26 @@ async fn load(
     rate_per_s: Option<u64>,
     body: Arc<dyn Fn(usize) -> String + Send + Sync>,
 ) -> (Duration, usize) {
+    load_on(&[addr], path, requests, connections, rate_per_s, body).await
+}
+
+/// [`load`] with the connections spread over several daemons.
+async fn load_on(
+    addrs: &[SocketAddr],
+    path: &'static str,
+    requests: usize,
+    connections: usize,
+    rate_per_s: Option<u64>,
+    body: Arc<dyn Fn(usize) -> String + Send + Sync>,
+) -> (Duration, usize) {
     let c = client(connections);
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for task in 0..connections {
         let (c, next, ok, body) = (c.clone(), next.clone(), ok.clone(), body.clone());
+        let addr = addrs[task % addrs.len()];
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -513,26 +536,76 @@ const BENCH_CONFIG: &str = bench_base!();
 
 // ---------------------------------------------------------------- scenarios
 
+/// The daemons and targets of `burst`, `batch` and `steady`: one daemon and one target, or
+/// with `BENCH_NODES` (on PostgreSQL) that many daemons sharing one database and with
+/// `BENCH_TARGETS` that many receivers (one webhook each), so that delivery spreads over the
+/// nodes' shards.
+struct Setup {
+    nodes: Vec<Daemon>,
+    addrs: Vec<SocketAddr>,
+    targets: usize,
+}
+
+impl Setup {
+    async fn start(sink: &Arc<Sink>) -> Setup {
+        let count = |name: &str| {
+            std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1)
+        };
+        let (node_count, targets) = (count("BENCH_NODES"), count("BENCH_TARGETS"));
+        let first = Daemon::start(BENCH_CONFIG);
+        let mut nodes = vec![first];
+        for _ in 1..node_count {
+            let joined = nodes[0].joining();
+            nodes.push(joined);
+        }
+        for t in 0..targets {
+            let rx = start_receiver(sink.clone()).await;
+            create_webhooks(nodes[0].addr, rx, std::iter::once(actor_of(t, targets))).await;
+        }
+        if node_count > 1 {
+            // The first node gives up the shards over its share on its next lease round
+            // (every third of the 15 s lease).
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        let addrs = nodes.iter().map(|d| d.addr).collect();
+        Setup { nodes, addrs, targets }
+    }
+
+    /// The body of event `i`, for the targets in turn.
+    fn event(&self, i: usize) -> String {
+        event(&actor_of(i % self.targets, self.targets), i)
+    }
+
+    /// CPU seconds of all the daemons.
+    fn cpu_seconds(&self) -> f64 {
+        self.nodes.iter().map(Daemon::cpu_seconds).sum()
+    }
+}
+
+fn actor_of(t: usize, targets: usize) -> String {
+    if targets == 1 { "A".to_string() } else { format!("A{t}") }
+}
+
 async fn burst(s: Sizes, name: &str, batch: usize) -> Row {
     let sink = new_sink(true);
-    let rx = start_receiver(sink.clone()).await;
-    let d = Daemon::start(BENCH_CONFIG);
-    create_webhooks(d.addr, rx, std::iter::once("A".to_string())).await;
+    let setup = Arc::new(Setup::start(&sink).await);
+    let d = &setup.nodes[0];
     let events = if batch == 1 { s.burst_requests } else { s.batch_events };
     let requests = events / batch;
+    let on = setup.clone();
     let body: Arc<dyn Fn(usize) -> String + Send + Sync> = if batch == 1 {
-        Arc::new(|i| event("A", i))
+        Arc::new(move |i| on.event(i))
     } else {
         Arc::new(move |i| {
             format!(
                 "[{}]",
-                (0..batch).map(|k| event("A", i * batch + k)).collect::<Vec<_>>().join(",")
+                (0..batch).map(|k| on.event(i * batch + k)).collect::<Vec<_>>().join(",")
             )
         })
     };
     let start = Instant::now();
     let (ingest, ok) =
-        load(d.addr, "/v2/webhook-events", requests, s.connections, None, body).await;
+        load_on(&setup.addrs, "/v2/webhook-events", requests, s.connections, None, body).await;
     let all =
         wait_delivered(&sink, ok * batch, Duration::from_secs(600)).await.map(|_| start.elapsed());
     let note = match all {
@@ -544,20 +617,23 @@ async fn burst(s: Sizes, name: &str, batch: usize) -> Row {
         ),
         None => "not all delivered within 600 s".into(),
     };
-    finish_row(name, &d, &sink, ok * batch, ingest, all, note)
+    let mut row = finish_row(name, d, &sink, ok * batch, ingest, all, note);
+    row.cpu_s = setup.cpu_seconds();
+    row
 }
 
 async fn steady(s: Sizes) -> Vec<Row> {
     let mut rows = Vec::new();
     for &rate in s.steady_rates {
         let sink = new_sink(true);
-        let rx = start_receiver(sink.clone()).await;
-        let d = Daemon::start(BENCH_CONFIG);
-        create_webhooks(d.addr, rx, std::iter::once("A".to_string())).await;
+        let setup = Arc::new(Setup::start(&sink).await);
+        let d = &setup.nodes[0];
         let requests = (rate * s.steady_seconds) as usize;
-        let body: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(|i| event("A", i));
+        let on = setup.clone();
+        let body: Arc<dyn Fn(usize) -> String + Send + Sync> = Arc::new(move |i| on.event(i));
         let (ingest, ok) =
-            load(d.addr, "/v2/webhook-events", requests, s.connections, Some(rate), body).await;
+            load_on(&setup.addrs, "/v2/webhook-events", requests, s.connections, Some(rate), body)
+                .await;
         // Flat backlog: the rate was reached (the generator is closed-loop, so a slower server
         // shows as a lower rate) and everything sent arrived within a second of the last send.
         let lag = wait_delivered(&sink, ok, Duration::from_secs(60)).await;
@@ -575,15 +651,17 @@ async fn steady(s: Sizes) -> Vec<Row> {
             },
             lag.map_or("never".into(), |l| format!("{} ms", l.as_millis()))
         );
-        rows.push(finish_row(
+        let mut row = finish_row(
             &format!("steady {rate}/s"),
-            &d,
+            d,
             &sink,
             ok,
             ingest,
             Some(ingest + lag.unwrap_or_default()),
             note,
-        ));
+        );
+        row.cpu_s = setup.cpu_seconds();
+        rows.push(row);
     }
     rows
 }

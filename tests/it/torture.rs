@@ -172,15 +172,8 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
-    for r in &received {
-        let marker = r.json()["resource"]["marker"].as_str().unwrap_or("").to_string();
-        assert!(
-            ledger.acked.contains_key(&marker) || ledger.in_flight.contains(&marker),
-            "{marker} was delivered but never acknowledged nor in flight"
-        );
-    }
-    let duplicates: usize =
-        statuses.values().map(|v| v.iter().filter(|ok| **ok).count().saturating_sub(1)).sum();
+    ledger.check_only_posted_events_arrived(&received);
+    let duplicates = duplicate_successes(&statuses);
     let unacked_delivered: HashSet<String> = received
         .iter()
         .map(|r| r.json()["resource"]["marker"].as_str().unwrap_or("").to_string())
@@ -199,6 +192,27 @@ fn torture(seed: u64, cycles: u64, per_cycle: usize, fail_percent: u64) {
         unacked_delivered.len(),
         received.len()
     );
+}
+
+impl Ledger {
+    /// Every delivery carries an event that was acknowledged or in flight.
+    pub(crate) fn check_only_posted_events_arrived(
+        &self,
+        received: &[crate::support::receiver::Received],
+    ) {
+        for r in received {
+            let marker = r.json()["resource"]["marker"].as_str().unwrap_or("").to_string();
+            assert!(
+                self.acked.contains_key(&marker) || self.in_flight.contains(&marker),
+                "{marker} was delivered but never acknowledged nor in flight"
+            );
+        }
+    }
+}
+
+/// Successful calls beyond the first, over dispatch ids mapped to their calls' successes.
+pub(crate) fn duplicate_successes(statuses: &HashMap<String, Vec<bool>>) -> usize {
+    statuses.values().map(|v| v.iter().filter(|ok| **ok).count().saturating_sub(1)).sum()
 }
 
 /// Four threads posting single events and small arrays (to the daemons given, in turn) until
