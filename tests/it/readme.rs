@@ -66,6 +66,9 @@ fn readme_snippets_run_as_written() {
                 );
                 ran.push("js");
             }
+            "sh" if text.contains("backend = \"postgres\"") => {
+                ran.extend(run_two_nodes(&text).then_some("two nodes"));
+            }
             "sh" if text.contains("curl") => {
                 let mut cmd = Command::new("bash");
                 cmd.args(["-euo", "pipefail", "-c", &text]);
@@ -81,5 +84,36 @@ fn readme_snippets_run_as_written() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(ran, ["python", "js", "curl"], "every runnable snippet ran, in order");
+    let mut expected = vec!["python", "js", "curl"];
+    if crate::support::postgres::server_url("readme").is_some() {
+        expected.push("two nodes");
+    }
+    assert_eq!(ran, expected, "every runnable snippet ran, in order");
+}
+
+/// The two-node snippet, on a fresh database of the test PostgreSQL, with free ports and the
+/// binary under test; `false` where PostgreSQL is not available.
+fn run_two_nodes(text: &str) -> bool {
+    let Some(url) = crate::support::postgres::fresh_database("readme_two_nodes") else {
+        return false;
+    };
+    let free_port = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port().to_string()
+    };
+    let text = text
+        .replace("postgres://hookd@127.0.0.1:5432/hookd", &url)
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:8082", &format!("127.0.0.1:{}", free_port()))
+        .replace("target/release/hookd", env!("CARGO_BIN_EXE_hookd"));
+    let dir = tempfile::tempdir().unwrap();
+    // Bounded, and no node outlives a failed step.
+    let mut cmd = Command::new("timeout");
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{text}\nwait");
+    cmd.args(["60", "bash", "-euo", "pipefail", "-c", &script]);
+    let out = run_in(dir.path(), cmd, "the README's two-node snippet");
+    let id = out.split("\"id\":\"").nth(1).and_then(|rest| rest.get(..17)).unwrap_or("?");
+    assert_eq!(out.matches(id).count(), 2, "the other node lists the webhook: {out}");
+    assert_eq!(out.matches("\"total\":1").count(), 1, "{out}");
+    true
 }
