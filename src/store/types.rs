@@ -11,6 +11,14 @@ use crate::model::{
     ConditionKind, Dispatch, DispatchStatus, EventType, JobKind, SigningKeys, Webhook, WebhookStats,
 };
 
+/// The smallest dispatch id created at `since_ms` or later and the largest created at
+/// `until_ms` or earlier: a time window's bounds in the byte order of ids (which begin with
+/// their creation time; `~` sorts after every id character).
+pub(crate) fn window_ids(since_ms: u64, until_ms: u64) -> (String, String) {
+    let prefix = crate::sys::time_id_prefix;
+    (prefix(since_ms), format!("{}~", prefix(until_ms)))
+}
+
 /// The bounds of a store.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreLimits {

@@ -83,6 +83,7 @@ on_every_backend!(
     due_work_is_taken_once_and_its_outcomes_recorded,
     deleting_a_webhook_ends_its_active_dispatches,
     an_ended_dispatch_is_delivered_again_on_request,
+    a_small_bulk_redelivery_is_not_held_behind_a_large_one,
 );
 
 const ALICE: &str = "alice";
@@ -318,7 +319,7 @@ fn postgres_refuses_a_newer_schema() {
 }
 
 /// A database left by schema 1 (the outbox was a partial index of `dispatches`, rebuilt here
-/// by hand from a schema-2 one) migrates to 2 with its ACTIVE dispatches in the outbox.
+/// by hand from today's) migrates to today's with its ACTIVE dispatches in the outbox.
 #[test]
 fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
     let Some(url) = postgres::fresh_database("postgres_schema_1") else { return };
@@ -343,6 +344,7 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
     postgres::psql(
         &url,
         "DROP TABLE outbox;
+         DROP TABLE redeliveries;
          DROP INDEX dispatches_by_time;
          CREATE INDEX dispatches_by_user_status ON dispatches (user_id, status, event_type, id);
          CREATE INDEX dispatches_by_webhook_status
@@ -366,7 +368,7 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
     });
     let version =
         postgres::psql(&url, "SELECT value FROM hookd_meta WHERE name = 'schema_version'");
-    assert_eq!(version.trim(), "2");
+    assert_eq!(version.trim(), "3");
 }
 
 /// An event of `user` at `ms` with one dispatch per (webhook, event type) given, as the API
@@ -702,4 +704,110 @@ fn postgres_a_clean_stop_hands_the_shards_over_at_once() {
         "took {took:?}: waited for the lapse"
     );
     drop(a);
+}
+
+/// A FAILED dispatch of `w` at 1,000 ms, as a delivery that gave up leaves it.
+fn failed_dispatch(id: String, w: &Webhook) -> Dispatch {
+    Dispatch {
+        id,
+        user_id: w.user_id.clone(),
+        webhook_id: w.id.clone(),
+        created_ms: 1_000,
+        status: DispatchStatus::Failed,
+        event_type: EventType::RunFailed,
+        event_data_json: Some("{}".into()),
+        condition: w.condition.clone(),
+        request_url: w.request_url.clone(),
+        is_ad_hoc: false,
+        ignore_ssl_errors: false,
+        do_not_retry: true,
+        body: "{}".into(),
+        headers: Vec::new(),
+        calls: Vec::new(),
+        next_due_ms: None,
+        finished_ms: Some(1_000),
+        calls_before_redelivery: 0,
+    }
+}
+
+/// Two bulk redeliveries share the store's time: a small one started right behind a large
+/// one ends first (it used to wait for the whole large one), and each counts all of its own.
+async fn a_small_bulk_redelivery_is_not_held_behind_a_large_one(store: Store) {
+    let mut webhooks = Vec::new();
+    for (i, actor) in ["large", "small"].into_iter().enumerate() {
+        let draft = WebhookDraft {
+            event_types: vec![EventType::RunFailed],
+            condition: Condition { actor_id: Some(actor.into()), ..Condition::default() },
+            request_url: "http://receiver.test/".into(),
+            ..WebhookDraft::default()
+        };
+        let w = Webhook::create(format!("w{i:016}"), ALICE.into(), draft, 0).unwrap();
+        store.create_webhook(w.clone(), usize::MAX).await.unwrap();
+        webhooks.push(w);
+    }
+    let mut n = 0;
+    for (w, count) in webhooks.iter().zip([3_000, 10]) {
+        let dispatches: Vec<Dispatch> = (0..count)
+            .map(|_| {
+                n += 1;
+                failed_dispatch(format!("d{n:016}"), w)
+            })
+            .collect();
+        let event = NewEvent {
+            id: format!("e{n:016}"),
+            user_id: ALICE.into(),
+            created_ms: 1_000,
+            event_type: EventType::RunFailed,
+            idempotency_key: None,
+            record_json: Some("{}".into()),
+            dispatches,
+        };
+        store.ingest(vec![event], None).await.unwrap();
+    }
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in &webhooks {
+        let (store, finished, id) = (store.clone(), finished.clone(), w.id.clone());
+        tasks.push(tokio::spawn(async move {
+            let window = (0, 62u64.pow(8) - 1);
+            let count = store
+                .redeliver_all(ALICE.into(), id.clone(), DispatchStatus::Failed, window, 2_000)
+                .await
+                .unwrap();
+            finished.lock().unwrap().push((id, count));
+        }));
+        // The large one's job is recorded first.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = finished.lock().unwrap().clone();
+    let want = vec![(webhooks[1].id.clone(), 10), (webhooks[0].id.clone(), 3_000)];
+    assert_eq!(order, want, "the small job ends first, each counts all of its own");
+    assert_eq!(store.outbox_keys().await.unwrap().len(), 3_010, "every one ACTIVE again");
+}
+
+/// Ids sort byte by byte (so lists come in creation order) on a database whose collation
+/// would put `a` before `B`: an ICU `en-US` one.
+#[test]
+fn postgres_lists_keep_creation_order_under_any_collation() {
+    let options = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'";
+    let Some(url) = postgres::fresh_database_with("postgres_collation", options) else { return };
+    runtime().block_on(async {
+        let (store, writer) = Store::open_postgres(&url, 4, 15_000, limits()).await.unwrap();
+        let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap();
+        // Ids made at these times end their time part in `A`, `B` and `a`.
+        for ms in [10, 11, 36] {
+            let e = event(ALICE, ms, None, &[(&a.webhook, EventType::RunSucceeded)]);
+            store.ingest(vec![e], None).await.unwrap();
+        }
+        let page = store
+            .list_dispatches(ALICE.into(), DispatchScope::User, DispatchFilter::default(), ALL)
+            .await
+            .unwrap();
+        let created: Vec<u64> = page.items.iter().map(|d| d.created_ms).collect();
+        assert_eq!(created, [10, 11, 36]);
+        writer.close().await;
+    });
 }

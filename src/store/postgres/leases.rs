@@ -42,6 +42,8 @@ impl PgStore {
         loop {
             if let Err(e) = self.lease_round().await {
                 tracing::warn!(error = %e, "cannot renew the delivery leases");
+            } else if let Err(e) = self.resume_redeliveries().await {
+                tracing::warn!(error = %e, "cannot look for bulk redeliveries to take over");
             }
             tokio::time::sleep(round).await;
             if std::sync::Arc::strong_count(&self.inner) <= 1

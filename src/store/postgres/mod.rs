@@ -6,15 +6,14 @@
 //! (bumped in each one's transaction): after its own write a node applies the change to its
 //! index, and when the count moved otherwise (another node wrote) it reloads the index.
 //!
-//! Under way (issue 12): webhooks, ingest, the dispatch lists, delivery under leases with
-//! fenced outcomes, and single redeliveries are here; bulk redelivery and retention answer
-//! `Storage` errors until they land, and a delete ends its webhook's ACTIVE dispatches in one
-//! transaction (not yet a chunk at a time).
+//! Under way (issue 12): retention answers `Storage` errors until it lands, and a delete ends
+//! its webhook's ACTIVE dispatches in one transaction (not yet a chunk at a time).
 
 mod dispatches;
 mod leases;
 mod listen;
 mod outbox;
+mod redelivery;
 mod schema;
 mod webhooks;
 mod writer;
@@ -56,6 +55,9 @@ pub(super) fn from_db(v: Option<i64>) -> Option<u64> {
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Storage(format!("PostgreSQL connection: {e}"))
 }
+
+/// Chunks of bulk redeliveries a node runs at once (redelivery.rs), whatever the jobs.
+const REDELIVERY_CHUNKS_AT_ONCE: usize = 2;
 
 /// Writer tasks per node (writer.rs).
 const WRITER_TASKS: usize = 4;
@@ -106,6 +108,8 @@ struct Inner {
     outbox_changed: Arc<Notify>,
     /// Outbox rows this node deleted since its last vacuum of the table (outbox.rs).
     outbox_removed: AtomicU64,
+    /// Turns for the chunks of bulk redeliveries (`REDELIVERY_CHUNKS_AT_ONCE`).
+    redelivery_slots: tokio::sync::Semaphore,
 }
 
 impl PgStore {
@@ -159,6 +163,7 @@ impl PgStore {
                 fatal: Arc::new(Fatal::default()),
                 outbox_changed: Arc::new(Notify::new()),
                 outbox_removed: AtomicU64::new(0),
+                redelivery_slots: tokio::sync::Semaphore::new(REDELIVERY_CHUNKS_AT_ONCE),
             }),
         };
         store.reload_index().await?;
@@ -347,17 +352,6 @@ pub(super) fn not_yet(what: &str) -> StoreError {
 
 /// The operations still to come on PostgreSQL (see the module's doc).
 impl PgStore {
-    pub async fn redeliver_all(
-        &self,
-        _user_id: String,
-        _webhook_id: String,
-        _status: crate::model::DispatchStatus,
-        _window: (u64, u64),
-        _now_ms: u64,
-    ) -> Result<u64, StoreError> {
-        Err(not_yet("redelivery"))
-    }
-
     pub fn retention_tick(&self, _now_ms: u64) {}
 
     pub async fn retain(&self, _now_ms: u64) -> Result<bool, StoreError> {

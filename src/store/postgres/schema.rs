@@ -9,13 +9,13 @@ use crate::store::StoreError;
 use super::pg_error;
 
 /// The schema this hookd writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Serializes migrations between nodes (any constant both sides agree on).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6400; // "hookd\0"
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE hookd_meta (name text PRIMARY KEY, value bigint NOT NULL);
 
@@ -139,6 +139,30 @@ DROP INDEX dispatches_by_webhook_status;
 DROP INDEX dispatches_ended;
 CREATE INDEX dispatches_by_time ON dispatches (created_ms, id);
 ALTER TABLE dispatches SET (fillfactor = 75);
+"#,
+    // Ids and targets compare byte by byte whatever the database's collation: ids sort in
+    // creation order only so (a database made with an `en_US` locale put `a` before `B`), and
+    // the skip scan over targets compares them on every step.
+    // Bulk redeliveries: one job per webhook, its cursor moved in each chunk's transaction
+    // (redelivery.rs); `node_id` runs it, and a live node takes it over once that one lapses.
+    r#"
+ALTER TABLE webhooks ALTER COLUMN id TYPE text COLLATE "C";
+ALTER TABLE events ALTER COLUMN id TYPE text COLLATE "C";
+ALTER TABLE dispatches ALTER COLUMN id TYPE text COLLATE "C",
+    ALTER COLUMN target TYPE text COLLATE "C";
+ALTER TABLE outbox ALTER COLUMN id TYPE text COLLATE "C",
+    ALTER COLUMN target TYPE text COLLATE "C";
+CREATE TABLE redeliveries (
+    webhook_id text PRIMARY KEY,
+    user_id text NOT NULL,
+    status smallint NOT NULL,
+    from_id text COLLATE "C" NOT NULL,
+    until_id text COLLATE "C" NOT NULL,
+    after_id text COLLATE "C",
+    due_ms bigint NOT NULL,
+    count bigint NOT NULL DEFAULT 0,
+    node_id text NOT NULL
+);
 "#,
 ];
 

@@ -14,8 +14,9 @@ use super::StoreError;
 use super::batch::Batch;
 use super::error::storage;
 use super::records::{self, DispatchState};
-use super::schema::{EVENT_CODE_MAX, ID_MAX, REDELIVERIES, status_code};
+use super::schema::{EVENT_CODE_MAX, REDELIVERIES, status_code};
 use crate::model::DispatchStatus;
+use crate::store::window_ids;
 
 /// Dispatches looked at per group commit, over all jobs: the writer time a group spends here
 /// is bounded however many jobs run and however long their windows are.
@@ -37,13 +38,6 @@ pub struct Redelivery {
     pub due_ms: u64,
     /// How many were made ACTIVE so far.
     pub count: u64,
-}
-
-/// The smallest dispatch id created at `since_ms` or later and the largest created at
-/// `until_ms` or earlier: the window's bounds in the id order.
-fn window_ids(since_ms: u64, until_ms: u64) -> (String, String) {
-    let prefix = |ms| crate::sys::time_id_prefix(ms);
-    (prefix(since_ms), format!("{}{ID_MAX}", prefix(until_ms)))
 }
 
 /// Makes an ended dispatch ACTIVE again, due at `due_ms`, its schedule restarted and its calls

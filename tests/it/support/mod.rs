@@ -58,7 +58,8 @@ impl TestDaemon {
     /// Like [`TestDaemon::start`], with `RUST_LOG` set to `log_filter`.
     ///
     /// With `HOOKD_TEST_BACKEND=postgres` (the test command's second pass over the API
-    /// scenarios), a daemon whose config names no store runs on a fresh PostgreSQL database.
+    /// scenarios), a daemon whose config names no store runs on a fresh PostgreSQL database,
+    /// its leases lapsing after 5 s (not 15) so that a restarted daemon takes over soon.
     pub fn start_logging(extra_config: &str, log_filter: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut extra_config = extra_config.to_string();
@@ -68,7 +69,7 @@ impl TestDaemon {
             let url = postgres::fresh_database("scenario")
                 .expect("HOOKD_TEST_BACKEND=postgres needs the test command's PostgreSQL");
             extra_config.push_str(&format!(
-                "\n[store]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"
+                "\n[store]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\nlease_ttl_ms = 5000\n"
             ));
         }
         let mut d = TestDaemon {

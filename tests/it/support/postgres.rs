@@ -24,6 +24,11 @@ pub fn server_url(test: &str) -> Option<String> {
 
 /// A new, empty database on the test server; its URL. `None` where PostgreSQL is missing.
 pub fn fresh_database(test: &str) -> Option<String> {
+    fresh_database_with(test, "")
+}
+
+/// Like [`fresh_database`], made with `options` after `CREATE DATABASE name`.
+pub fn fresh_database_with(test: &str, options: &str) -> Option<String> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let url = server_url(test)?;
     let name = format!(
@@ -33,7 +38,7 @@ pub fn fresh_database(test: &str) -> Option<String> {
         NEXT.fetch_add(1, Ordering::SeqCst)
     );
     let name: String = name.chars().take(60).collect();
-    psql(&url, &format!("CREATE DATABASE {name}"));
+    psql(&url, &format!("CREATE DATABASE {name} {options}"));
     let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b).to_string();
     Some(format!("{base}/{name}"))
 }
