@@ -345,6 +345,9 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
         &url,
         "DROP TABLE outbox;
          DROP TABLE redeliveries;
+         DROP TABLE webhook_retained;
+         ALTER TABLE webhooks ADD COLUMN retained_count bigint NOT NULL DEFAULT 0,
+             ADD COLUMN last_ended_status smallint, ADD COLUMN last_ended_ms bigint;
          DROP INDEX dispatches_by_time;
          CREATE INDEX dispatches_by_user_status ON dispatches (user_id, status, event_type, id);
          CREATE INDEX dispatches_by_webhook_status

@@ -6,14 +6,15 @@
 //! (bumped in each one's transaction): after its own write a node applies the change to its
 //! index, and when the count moved otherwise (another node wrote) it reloads the index.
 //!
-//! Under way (issue 12): retention answers `Storage` errors until it lands, and a delete ends
-//! its webhook's ACTIVE dispatches in one transaction (not yet a chunk at a time).
+//! A delete ends its webhook's ACTIVE dispatches in its own transaction (redb ends them a
+//! chunk at a time in later groups).
 
 mod dispatches;
 mod leases;
 mod listen;
 mod outbox;
 mod redelivery;
+mod retention;
 mod schema;
 mod webhooks;
 mod writer;
@@ -110,6 +111,12 @@ struct Inner {
     outbox_removed: AtomicU64,
     /// Turns for the chunks of bulk redeliveries (`REDELIVERY_CHUNKS_AT_ONCE`).
     redelivery_slots: tokio::sync::Semaphore,
+    /// Finished dispatches older than this are deleted (retention.rs); 0 keeps them.
+    finished_max_age_ms: u64,
+    /// The latest time retention was told, and the wake-up of its task.
+    retention_tick_ms: AtomicU64,
+    retention_wake: Notify,
+    retention_walk: Mutex<retention::Walk>,
 }
 
 impl PgStore {
@@ -164,6 +171,10 @@ impl PgStore {
                 outbox_changed: Arc::new(Notify::new()),
                 outbox_removed: AtomicU64::new(0),
                 redelivery_slots: tokio::sync::Semaphore::new(REDELIVERY_CHUNKS_AT_ONCE),
+                finished_max_age_ms: limits.finished_max_age_ms,
+                retention_tick_ms: AtomicU64::new(0),
+                retention_wake: Notify::new(),
+                retention_walk: Mutex::new(retention::Walk::default()),
             }),
         };
         store.reload_index().await?;
@@ -182,6 +193,9 @@ impl PgStore {
         tokio::spawn(store.clone().hold_leases());
         tokio::spawn(store.clone().vacuum_outbox());
         tokio::spawn(store.clone().listen(listen_config));
+        if limits.finished_max_age_ms > 0 {
+            tokio::spawn(store.clone().run_retention());
+        }
         Ok(store)
     }
 
@@ -345,19 +359,8 @@ impl PgStore {
     }
 }
 
-/// What is not built on PostgreSQL yet (issue 12, step 2).
-pub(super) fn not_yet(what: &str) -> StoreError {
-    StoreError::Storage(format!("{what} is not available on PostgreSQL yet"))
-}
-
-/// The operations still to come on PostgreSQL (see the module's doc).
 impl PgStore {
-    pub fn retention_tick(&self, _now_ms: u64) {}
-
-    pub async fn retain(&self, _now_ms: u64) -> Result<bool, StoreError> {
-        Err(not_yet("retention"))
-    }
-
+    /// `hookd backup` copies a redb file; a PostgreSQL database is copied with `pg_dump`.
     pub async fn backup(&self, _path: std::path::PathBuf) -> Result<u64, StoreError> {
         Err(StoreError::Storage("on PostgreSQL, back up with pg_dump".into()))
     }

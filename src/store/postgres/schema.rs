@@ -163,6 +163,18 @@ CREATE TABLE redeliveries (
     count bigint NOT NULL DEFAULT 0,
     node_id text NOT NULL
 );
+-- What retention deleted of each webhook's dispatches, which its stats keep counting, and how
+-- the latest of them ended (retention.rs). Apart from `webhooks`, whose rows ingest holds
+-- FOR SHARE: retention updates this after deleting dispatches, and never waits on those.
+ALTER TABLE webhooks DROP COLUMN retained_count, DROP COLUMN last_ended_status,
+    DROP COLUMN last_ended_ms;
+CREATE TABLE webhook_retained (
+    webhook_id text PRIMARY KEY,
+    count bigint NOT NULL,
+    last_id text COLLATE "C" NOT NULL,
+    last_status smallint NOT NULL,
+    last_finished_ms bigint
+);
 "#,
 ];
 

@@ -17,9 +17,11 @@ use crate::store::{Created, Page, PageRequest, StoreError, StoredJob, WebhookSco
 
 /// A webhook with what its stats are made of: the dispatches it has (and those retention
 /// deleted), and the latest one's status.
-const WITH_STATS: &str = "SELECT w.record, w.retained_count, w.last_ended_status, w.last_ended_ms,
+const WITH_STATS: &str = "SELECT w.record, coalesce(r.count, 0) AS retained_count,
+        r.last_status AS last_ended_status, r.last_finished_ms AS last_ended_ms,
         c.n, l.status AS last_status, l.finished_ms AS last_finished_ms
     FROM webhooks w
+    LEFT JOIN webhook_retained r ON r.webhook_id = w.id
     CROSS JOIN LATERAL (SELECT count(*) AS n FROM dispatches d WHERE d.webhook_id = w.id) c
     LEFT JOIN LATERAL (SELECT status, finished_ms FROM dispatches d WHERE d.webhook_id = w.id
         ORDER BY d.id DESC LIMIT 1) l ON true";
@@ -265,6 +267,9 @@ impl PgStore {
                 .map_err(pg_error)?;
             self.inner.outbox_removed.fetch_add(ended_ids.len() as u64, Ordering::Relaxed);
         }
+        tx.execute("DELETE FROM webhook_retained WHERE webhook_id = $1", &[&id])
+            .await
+            .map_err(pg_error)?;
         let changes = bump_changes(&tx).await?;
         tx.commit().await.map_err(pg_error)?;
         self.index_after(changes, vec![IndexChange::removing(&w)]).await

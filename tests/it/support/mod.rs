@@ -87,6 +87,11 @@ impl TestDaemon {
         self.dir.path().join("hookd.toml")
     }
 
+    /// Whether this daemon runs on PostgreSQL (no store file in its data dir).
+    pub fn on_postgres(&self) -> bool {
+        self.extra_config.contains("backend = \"postgres\"")
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
