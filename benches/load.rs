@@ -10,7 +10,9 @@
 //!
 //! With `BENCH_POSTGRES_URL` set (a database URL whose user may create databases), each daemon
 //! runs on PostgreSQL instead of redb, on a fresh database made with `psql` (found on PATH or
-//! in `BENCH_POSTGRES_BIN`). The CPU column counts hookd only, not PostgreSQL.
+//! in `BENCH_POSTGRES_BIN`). The CPU column counts hookd only, not PostgreSQL. `BENCH_NODES`
+//! daemons share that database, `BENCH_TARGETS` receivers share the events, and
+//! `BENCH_STEADY_RATES` (e.g. `5000`) picks `steady`'s rates.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -624,7 +626,12 @@ async fn burst(s: Sizes, name: &str, batch: usize) -> Row {
 
 async fn steady(s: Sizes) -> Vec<Row> {
     let mut rows = Vec::new();
-    for &rate in s.steady_rates {
+    // BENCH_STEADY_RATES=5000 (a comma-separated list) runs only those rates.
+    let rates: Vec<u64> = match std::env::var("BENCH_STEADY_RATES") {
+        Ok(list) => list.split(',').filter_map(|r| r.trim().parse().ok()).collect(),
+        Err(_) => s.steady_rates.to_vec(),
+    };
+    for rate in rates {
         let sink = new_sink(true);
         let setup = Arc::new(Setup::start(&sink).await);
         let d = &setup.nodes[0];
