@@ -3,6 +3,7 @@
 
 mod body;
 mod budget;
+mod console;
 mod cors;
 mod dispatches;
 mod error;
@@ -254,6 +255,7 @@ async fn route(
         Route::Ready => return ready(state),
         Route::Metrics => return metrics(state, &parts.headers, &query).await,
         Route::AdminBackup => return backup(state, &parts.headers).await,
+        Route::Console => return console::serve(parts.uri.path()),
         _ => {}
     }
     let users = state.users.read().map(|u| u.clone()).unwrap_or_else(|p| p.into_inner().clone());
@@ -316,9 +318,10 @@ async fn route(
         (Route::Job(kind, id), _) => {
             events::put_job(state, user, kind, id, read_bytes(body).await?).await
         }
-        (Route::Health | Route::Ready | Route::Metrics | Route::AdminBackup, _) => {
-            Err(ApiError::Internal("probe routed late".into()))
-        }
+        (
+            Route::Health | Route::Ready | Route::Metrics | Route::AdminBackup | Route::Console,
+            _,
+        ) => Err(ApiError::Internal("probe routed late".into())),
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Route {
     Metrics,
     /// `/admin/backup`: `hookd backup` asks for a snapshot; only the control token opens it.
     AdminBackup,
+    /// `/console` and the files under it: the web console. No token.
+    Console,
 }
 
 impl Route {
@@ -47,6 +49,7 @@ impl Route {
             "/readyz" => return Some(Route::Ready),
             "/metrics" => return Some(Route::Metrics),
             crate::ops::BACKUP_ROUTE => return Some(Route::AdminBackup),
+            p if p == "/console" || p.starts_with("/console/") => return Some(Route::Console),
             _ => {}
         }
         let rest = path.strip_prefix("/v2/")?;
@@ -92,7 +95,9 @@ impl Route {
             | Route::WebhookRedeliver(_) => &[Method::POST],
             Route::WebhookSigningSecret(_) => &[Method::GET],
             Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
-            Route::Health | Route::Ready | Route::Metrics => &[Method::GET, Method::HEAD],
+            Route::Health | Route::Ready | Route::Metrics | Route::Console => {
+                &[Method::GET, Method::HEAD]
+            }
             Route::Job(..) => &[Method::GET, Method::PUT],
         }
     }
@@ -124,6 +129,7 @@ impl Route {
             Route::Ready => "/readyz",
             Route::Metrics => "/metrics",
             Route::AdminBackup => crate::ops::BACKUP_ROUTE,
+            Route::Console => "/console/",
         }
     }
 

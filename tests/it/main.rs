@@ -7,6 +7,7 @@ mod backends;
 mod browser_access;
 mod clients;
 mod conformance;
+mod console;
 mod crash;
 mod delivery;
 mod enable;
