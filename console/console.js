@@ -124,40 +124,72 @@ function signIn(message) {
 
 // ---- overview ----
 
+/** Calls and failures of the last hour, and the targets failing now, from `dispatches`. */
+function recentState(dispatches, nowMs) {
+  const hourAgo = nowMs - 3600 * 1000;
+  let calls = 0;
+  let failedCalls = 0;
+  const targets = new Map();
+  for (const d of dispatches) {
+    let target;
+    try { target = new URL(d.webhook.requestUrl).origin; } catch (_) { target = d.webhook.requestUrl; }
+    for (const c of d.calls) {
+      if (Date.parse(c.startedAt) < hourAgo) continue;
+      calls += 1;
+      const ok = c.responseStatus !== null && c.responseStatus >= 200 && c.responseStatus < 300;
+      if (!ok) failedCalls += 1;
+    }
+    const last = d.calls[d.calls.length - 1];
+    const failing = d.status === 'FAILED' || (d.status === 'ACTIVE' && last && last.errorMessage);
+    if (!failing) continue;
+    const t = targets.get(target) || { active: 0, failed: 0, last: null, lastDispatch: null };
+    if (d.status === 'ACTIVE') t.active += 1; else t.failed += 1;
+    if (last && (!t.last || Date.parse(last.startedAt) > Date.parse(t.last.startedAt))) {
+      t.last = last;
+      t.lastDispatch = d;
+    }
+    targets.set(target, t);
+  }
+  return { calls, failedCalls, targets };
+}
+
 async function overview() {
   const g = generation;
   show('Overview', h('p', {}, 'Loading…'));
   try {
-    const [webhooksPage, active, failedPage, oldest, recentFailed] = await Promise.all([
+    const [st, webhooksPage, active, failedPage, oldest, recent] = await Promise.all([
+      api('GET', '/hookd/status'),
       api('GET', '/webhooks?limit=1'),
       api('GET', '/webhook-dispatches?status=ACTIVE&limit=1'),
       api('GET', '/webhook-dispatches?status=FAILED&limit=1'),
       api('GET', '/webhook-dispatches?status=ACTIVE&limit=1&desc=0'),
-      api('GET', '/webhook-dispatches?status=FAILED&limit=100&desc=1'),
+      api('GET', '/webhook-dispatches?limit=1000&desc=1'),
     ]);
     if (g !== generation) return;
     const card = (label, value, link) => h('div', { class: 'card' },
       h('div', {}, label), h('div', { class: 'value' }, link ? h('a', { href: link }, value) : value));
     const first = oldest.data.items[0];
-    const failing = new Map();
-    for (const d of recentFailed.data.items) {
-      const url = d.webhook.requestUrl;
-      const f = failing.get(url) || { count: 0, last: d };
-      f.count += 1;
-      failing.set(url, f);
-    }
+    const r = recentState(recent.data.items, Date.now());
+    const bytes = st.data.storeFileBytes;
     show('Overview',
       h('div', { class: 'cards' },
         card('Webhooks', webhooksPage.data.total, '#/webhooks'),
         card('ACTIVE dispatches', active.data.total, '#/dispatches?status=ACTIVE'),
+        card('Oldest ACTIVE since', first ? time(first.createdAt) : '—'),
         card('FAILED dispatches', failedPage.data.total, '#/dispatches?status=FAILED'),
-        card('Oldest ACTIVE since', first ? time(first.createdAt) : '—')),
-      h('h2', {}, 'Failing targets (latest 100 FAILED dispatches)'),
-      failing.size === 0 ? h('p', {}, 'None.') : h('table', {},
-        h('thead', {}, h('tr', {}, h('th', {}, 'Target'), h('th', {}, 'FAILED'), h('th', {}, 'Latest'))),
-        h('tbody', {}, [...failing].map(([url, f]) => h('tr', {},
-          h('td', {}, url), h('td', {}, f.count),
-          h('td', {}, h('a', { href: '#/dispatches/' + f.last.id }, time(f.last.createdAt))))))));
+        card('Calls, last hour', r.calls),
+        card('Failed calls, last hour', r.failedCalls)),
+      h('p', {}, `Calls counted over the latest ${recent.data.count} dispatches. hookd ${st.data.version}, `
+        + `store: ${st.data.storeBackend}` + (bytes === null ? '' : `, ${(bytes / 1048576).toFixed(1)} MiB`)),
+      h('h2', {}, 'Failing targets'),
+      r.targets.size === 0 ? h('p', {}, 'None.') : h('table', { id: 'failing-targets' },
+        h('thead', {}, h('tr', {}, ['Target', 'ACTIVE, retrying', 'FAILED', 'Last error', 'Last call']
+          .map((t) => h('th', {}, t)))),
+        h('tbody', {}, [...r.targets].map(([target, t]) => h('tr', {},
+          h('td', {}, target), h('td', {}, t.active), h('td', {}, t.failed),
+          h('td', {}, t.last ? t.last.errorMessage || '—' : '—'),
+          h('td', {}, t.lastDispatch
+            ? h('a', { href: '#/dispatches/' + t.lastDispatch.id }, time(t.last.startedAt)) : '—'))))));
   } catch (e) {
     failed(e);
   }

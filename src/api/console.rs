@@ -1,12 +1,16 @@
 //! The web console at `/console/`: a page, a script and a style sheet, embedded in the binary
 //! and served without a token (the page asks for one and sends it to `/v2` like any client).
 //! A strict Content-Security-Policy keeps every fetch, script and style on this origin.
+//! `GET /v2/hookd/status` (hookd's, with a token) tells the overview what the lists cannot:
+//! the version and the store.
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 use hyper::Response;
 
+use super::ApiState;
+use super::body::json_response;
 use super::error::ApiError;
 
 /// Nothing but this origin's own files and API: no inline script or style, no frames.
@@ -42,4 +46,17 @@ pub fn serve(path: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     // A new hookd serves a new console: the browser asks again each time.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(r)
+}
+
+/// `GET /v2/hookd/status`: this hookd's version, its store's backend and file size (`null`
+/// where the store is no file). The same for every user: nothing in it is a user's.
+pub fn status(state: &ApiState) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"data": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "storeBackend": state.store.backend_name(),
+            "storeFileBytes": state.store.file_bytes(),
+        }}),
+    )
 }

@@ -314,6 +314,7 @@ async fn route(
             let bytes = read_bytes(body).await?;
             events::ingest(state, user, bytes, state.request_bytes.charge()).await
         }
+        (Route::Status, _) => Ok(console::status(state)),
         (Route::Job(kind, id), &Method::GET) => events::get_job(state, user, kind, id).await,
         (Route::Job(kind, id), _) => {
             events::put_job(state, user, kind, id, read_bytes(body).await?).await

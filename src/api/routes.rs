@@ -40,6 +40,8 @@ pub enum Route {
     AdminBackup,
     /// `/console` and the files under it: the web console. No token.
     Console,
+    /// `/v2/hookd/status` (hookd's): the version and the store, for the console.
+    Status,
 }
 
 impl Route {
@@ -76,6 +78,7 @@ impl Route {
             ["webhook-dispatches", id] => Route::Dispatch(id.to_string()),
             ["webhook-dispatches", id, "redeliver"] => Route::DispatchRedeliver(id.to_string()),
             ["webhook-events"] => Route::Events,
+            ["hookd", "status"] => Route::Status,
             ["actor-runs", id] => Route::Job(JobKind::Run, id.to_string()),
             ["actor-builds", id] => Route::Job(JobKind::Build, id.to_string()),
             _ => return None,
@@ -95,7 +98,7 @@ impl Route {
             | Route::WebhookRedeliver(_) => &[Method::POST],
             Route::WebhookSigningSecret(_) => &[Method::GET],
             Route::WebhookDispatches(_) | Route::Dispatches | Route::Dispatch(_) => &[Method::GET],
-            Route::Health | Route::Ready | Route::Metrics | Route::Console => {
+            Route::Health | Route::Ready | Route::Metrics | Route::Console | Route::Status => {
                 &[Method::GET, Method::HEAD]
             }
             Route::Job(..) => &[Method::GET, Method::PUT],
@@ -130,6 +133,7 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::AdminBackup => crate::ops::BACKUP_ROUTE,
             Route::Console => "/console/",
+            Route::Status => "/v2/hookd/status",
         }
     }
 

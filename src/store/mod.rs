@@ -317,6 +317,14 @@ impl Store {
         on_backend!(self, b => b.retain(now_ms).await)
     }
 
+    /// Which backend holds the data: `redb` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Redb(_) => "redb",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
     /// The store file's length in bytes (`None` where there is no file).
     pub fn file_bytes(&self) -> Option<u64> {
         on_backend!(self, b => b.file_bytes())

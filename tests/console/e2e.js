@@ -107,6 +107,15 @@ async function main() {
     await page.locator('#dispatch-status', { hasText: 'FAILED' }).waitFor();
     await shot(page, 'dispatch-failed');
 
+    // The overview names the failing target, with the last hour's failed call and the store.
+    await page.getByRole('link', { name: 'Overview' }).click();
+    await page.locator('#failing-targets', { hasText: new URL(RECEIVER).origin }).waitFor();
+    await page.getByText('Endpoint responded with HTTP status code 500').waitFor();
+    await page.getByText(/hookd \d+\.\d+\.\d+, store: (redb|postgres)/).waitFor();
+    await shot(page, 'overview-failing');
+    await page.goBack();
+    await page.locator('#calls', { hasText: 'receiver is down' }).waitFor();
+
     // Fixed: Redeliver, and the page follows it to SUCCEEDED.
     assert.equal((await fetch(FIX)).status, 200);
     await page.getByRole('button', { name: 'Redeliver' }).click();

@@ -37,6 +37,11 @@ fn the_console_is_served_without_a_token_under_a_strict_policy() {
     assert_eq!((r.status, r.header("location")), (308, Some("/console/")));
     let r = d.req("GET", "/console/secrets.txt", None, None);
     assert_eq!((r.status, r.error_type().as_str()), (404, "record-not-found"), "{}", r.text());
+    // The overview's route: a token, then the version and the store.
+    assert_eq!(d.req("GET", "/v2/hookd/status", None, None).status, 401);
+    let status = d.req("GET", "/v2/hookd/status", Some(ALICE_TOKEN), None).json();
+    assert_eq!(status["data"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["data"]["storeBackend"].is_string(), "{status}");
     // The page's script sets API texts as text only.
     let js = d.req("GET", "/console/console.js", None, None).text();
     assert!(!js.contains("innerHTML") && !js.contains("eval("));
