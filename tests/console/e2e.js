@@ -135,7 +135,52 @@ async function main() {
     await bob.goto(URL_ + '/console/#/webhooks');
     await bob.getByText('No webhook matches.').waitFor();
 
+    // The webhook's page: Test, the signing secret shown and rotated, a bulk redelivery.
+    page.on('dialog', (d) => d.accept());
+    await page.goto(URL_ + '/console/#/webhooks/' + webhookId);
+    await page.getByRole('button', { name: 'Test' }).click();
+    await page.locator('#action-result', { hasText: 'Test dispatch sent' }).waitFor();
+    await page.getByRole('button', { name: 'Show signing secret' }).click();
+    const secret = await page.locator('#signing-secret').textContent();
+    assert.match(secret, /^whsec_/);
+    await page.getByRole('button', { name: 'Rotate signing secret' }).click();
+    await page.locator('#signing-secret', { hasText: /^whsec_/ }).waitFor();
+    await page.waitForFunction((s) => document.getElementById('signing-secret').textContent !== s, secret);
+    await page.getByRole('button', { name: 'Redeliver' }).click();
+    await page.locator('#action-result', { hasText: 'dispatches are being delivered again' }).waitFor();
+
+    // Pages of 20, newest first.
+    const many = await api(ALICE, 'POST', '/webhook-events', Array.from({ length: 25 }, (_, i) => ({
+      eventType: 'ACTOR.RUN.FAILED',
+      eventData: { actorId: 'console-actor', actorRunId: 'page-' + i },
+      resource: { id: 'page-' + i },
+    })));
+    assert.equal(many.status, 202, JSON.stringify(many.json));
+    await page.goto(URL_ + '/console/#/dispatches');
+    await page.getByText(/^1–20 of 27$/).waitFor();
+    await page.getByRole('link', { name: 'Older' }).click();
+    await page.getByText(/^21–27 of 27$/).waitFor();
+    await page.getByRole('link', { name: 'Newer' }).waitFor();
+    await page.goto(URL_ + '/console/#/webhooks/' + webhookId);
+
+    // Edit: disabled, it is listed under Disabled only; then deleted after a confirm.
+    await page.getByRole('link', { name: 'Edit' }).click();
+    await page.getByLabel('isEnabled').uncheck();
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByRole('heading', { name: 'Webhook Console test' }).waitFor();
+    await page.goto(URL_ + '/console/#/webhooks?enabled=no');
+    await page.getByRole('link', { name: 'Console test' }).waitFor();
+    await page.goto(URL_ + '/console/#/webhooks?enabled=yes');
+    await page.getByText('No webhook matches.').waitFor();
+    await page.goto(URL_ + '/console/#/webhooks/' + webhookId);
+    await page.getByRole('button', { name: 'Delete' }).click();
+    await page.getByRole('heading', { name: 'Webhooks' }).waitFor();
+    await page.getByText('No webhook matches.').waitFor();
+    assert.equal((await api(ALICE, 'GET', '/webhooks/' + webhookId)).status, 404);
+
     // Narrow screen: the dispatch page still reads.
+    await page.goto(URL_ + '/console/#/dispatches/' + dispatchId);
+    await page.locator('#dispatch-status', { hasText: 'SUCCEEDED' }).waitFor();
     await page.setViewportSize({ width: 390, height: 800 });
     await shot(page, 'dispatch-narrow');
   } finally {

@@ -109,20 +109,7 @@ impl PgStore {
         }
         state.reactivate(now_ms);
         let bytes = records::encode_dispatch_state(&state)?;
-        tx.execute(
-            "WITH d AS (
-                UPDATE dispatches SET state = $2, status = 0, next_due_ms = $3, finished_ms = NULL
-                WHERE id = $1 RETURNING id, shard, target, next_due_ms, user_id)
-             INSERT INTO outbox SELECT * FROM d
-             ON CONFLICT (id) DO UPDATE SET next_due_ms = excluded.next_due_ms",
-            &[&dispatch_id, &bytes, &db_i64(now_ms)],
-        )
-        .await
-        .map_err(pg_error)?;
-        // No shard named: every node looks.
-        tx.execute("SELECT pg_notify($1, '')", &[&super::listen::CHANNEL])
-            .await
-            .map_err(pg_error)?;
+        super::redelivery::reactivate(&tx, &[dispatch_id], &[bytes], now_ms).await?;
         tx.commit().await.map_err(pg_error)?;
         self.inner.outbox_changed.notify_one();
         Ok(())

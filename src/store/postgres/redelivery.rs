@@ -33,6 +33,31 @@ enum Step {
     Lost,
 }
 
+/// Writes the reactivated `states` of the ended dispatches `ids`, ACTIVE and due at `due_ms`,
+/// with their outbox rows, and tells every node (no shard named): a single redelivery and a
+/// bulk one's chunk.
+pub(super) async fn reactivate(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[String],
+    states: &[Vec<u8>],
+    due_ms: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "WITH d AS (
+            UPDATE dispatches d SET state = u.state, status = 0, next_due_ms = $3,
+                finished_ms = NULL
+            FROM unnest($1::text[], $2::bytea[]) AS u(id, state) WHERE d.id = u.id
+            RETURNING d.id, d.shard, d.target, d.next_due_ms, d.user_id)
+         INSERT INTO outbox SELECT * FROM d
+         ON CONFLICT (id) DO UPDATE SET next_due_ms = excluded.next_due_ms",
+        &[&ids, &states, &db_i64(due_ms)],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.execute("SELECT pg_notify($1, '')", &[&super::listen::CHANNEL]).await.map_err(pg_error)?;
+    Ok(())
+}
+
 impl PgStore {
     /// Records a job for the user's webhook and runs it; answers how many dispatches in
     /// `status` created within `window` were made ACTIVE, due at `now_ms`, once the last
@@ -180,22 +205,7 @@ impl PgStore {
             states.push(records::encode_dispatch_state(&state)?);
         }
         if !ids.is_empty() {
-            tx.execute(
-                "WITH d AS (
-                    UPDATE dispatches d SET state = u.state, status = 0, next_due_ms = $3,
-                        finished_ms = NULL
-                    FROM unnest($1::text[], $2::bytea[]) AS u(id, state) WHERE d.id = u.id
-                    RETURNING d.id, d.shard, d.target, d.next_due_ms, d.user_id)
-                 INSERT INTO outbox SELECT * FROM d
-                 ON CONFLICT (id) DO UPDATE SET next_due_ms = excluded.next_due_ms",
-                &[&ids, &states, &db_i64(due_ms)],
-            )
-            .await
-            .map_err(pg_error)?;
-            // No shard named: every node looks.
-            tx.execute("SELECT pg_notify($1, '')", &[&super::listen::CHANNEL])
-                .await
-                .map_err(pg_error)?;
+            reactivate(&tx, &ids, &states, due_ms).await?;
             count += ids.len() as u64;
         }
         let done = i64::try_from(scanned.len()).unwrap_or(i64::MAX) < CHUNK_SCANNED;
