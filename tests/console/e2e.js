@@ -39,6 +39,13 @@ async function tab(browser, requests) {
   return page;
 }
 
+/** Form controls on the page that have no label (an accessible name). */
+async function unlabeled(page) {
+  return page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
+    .filter((el) => el.labels.length === 0 && !el.getAttribute('aria-label'))
+    .map((el) => el.outerHTML));
+}
+
 async function signIn(page, token) {
   await page.getByLabel('API token').fill(token);
   await page.getByRole('button', { name: 'Sign in' }).click();
@@ -60,7 +67,10 @@ async function main() {
     await signIn(page, 'not-a-token');
     await page.locator('.error', { hasText: refused.json.error.message }).waitFor();
 
-    await signIn(page, ALICE);
+    // By keyboard alone: the token field has the focus, Enter signs in.
+    await page.getByLabel('API token').fill('');
+    await page.keyboard.type(ALICE);
+    await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
     await page.locator('.card').first().waitFor();
     await shot(page, 'overview');
@@ -84,12 +94,14 @@ async function main() {
     assert.equal(said.status, 400);
     assert.equal(await inline.textContent(), said.json.error.message);
     await shot(page, 'webhook-form-error');
+    assert.deepEqual(await unlabeled(page), []);
     await page.getByLabel('Payload template').fill('{"run": {{resource}}}');
     await page.getByRole('button', { name: 'Create' }).click();
     await page.getByRole('heading', { name: 'Webhook Console test' }).waitFor();
     const webhookId = page.url().split('#/webhooks/')[1];
     assert.match(webhookId, /^[A-Za-z0-9]{17}$/);
     await shot(page, 'webhook');
+    assert.deepEqual(await unlabeled(page), []);
 
     // An event through the API: its dispatch fails (the receiver answers 500 with a body).
     const sent = await api(ALICE, 'POST', '/webhook-events', {
@@ -102,6 +114,7 @@ async function main() {
     await page.getByRole('link', { name: 'Dispatches' }).click();
     await page.locator('table .status-FAILED').first().waitFor();
     await shot(page, 'dispatches');
+    assert.deepEqual(await unlabeled(page), []);
     await page.locator(`a[href="#/dispatches/${dispatchId}"]`).click();
     await page.locator('#calls', { hasText: 'receiver is down' }).waitFor();
     await page.locator('#dispatch-status', { hasText: 'FAILED' }).waitFor();
