@@ -320,15 +320,22 @@ impl PgStore {
         if u.id.is_empty() {
             return Ok(answers);
         }
+        // One statement: the fenced state updates, then the outbox follows what was written
+        // (ended rows leave it, retried ones move to their next due time).
         let ttl_fence = tx
             .query(
-                &tx.prepare_cached("UPDATE dispatches d SET state = u.state, status = u.status,
-                    next_due_ms = u.due, finished_ms = u.finished
-                 FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::int8[], $5::int8[],
-                             $6::int2[], $7::int8[]) AS u(id, state, status, due, finished, shard, epoch)
-                 JOIN shard_leases l ON l.shard = u.shard AND l.epoch = u.epoch
-                 WHERE d.id = u.id AND l.owner = $8 AND l.expires_at > now()
-                 RETURNING d.id, d.status, d.next_due_ms").await.map_err(failure)?,
+                &tx.prepare_cached("WITH w AS (
+                    UPDATE dispatches d SET state = u.state, status = u.status,
+                        next_due_ms = u.due, finished_ms = u.finished
+                    FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::int8[], $5::int8[],
+                                $6::int2[], $7::int8[]) AS u(id, state, status, due, finished, shard, epoch)
+                    JOIN shard_leases l ON l.shard = u.shard AND l.epoch = u.epoch
+                    WHERE d.id = u.id AND l.owner = $8 AND l.expires_at > now()
+                    RETURNING d.id, d.status, d.next_due_ms),
+                 ended AS (DELETE FROM outbox o USING w WHERE o.id = w.id AND w.status <> 0),
+                 again AS (UPDATE outbox o SET next_due_ms = w.next_due_ms FROM w
+                    WHERE o.id = w.id AND w.status = 0)
+                 SELECT id, status FROM w").await.map_err(failure)?,
                 &[
                     &u.id,
                     &u.state,
@@ -343,35 +350,15 @@ impl PgStore {
             .await
             .map_err(failure)?;
         let written: HashSet<String> = ttl_fence.iter().map(|r| r.get(0)).collect();
-        let (mut again, mut again_due, mut ended) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ended = 0u64;
         for row in &ttl_fence {
-            let id: &str = row.get(0);
-            match (row.get::<_, i16>(1), row.get::<_, Option<i64>>(2)) {
-                (0, Some(due_ms)) => {
-                    again.push(id);
-                    again_due.push(due_ms);
-                }
-                (status, _) => {
-                    ended.push(id);
-                    tally.ended[usize::from(status == 2)] += 1;
-                }
+            let status: i16 = row.get(1);
+            if status != 0 {
+                ended += 1;
+                tally.ended[usize::from(status == 2)] += 1;
             }
         }
-        if !again.is_empty() || !ended.is_empty() {
-            tx.execute(
-                &tx.prepare_cached(
-                    "WITH ended AS (DELETE FROM outbox WHERE id = ANY($3))
-             UPDATE outbox o SET next_due_ms = u.due
-             FROM unnest($1::text[], $2::int8[]) AS u(id, due) WHERE o.id = u.id",
-                )
-                .await
-                .map_err(failure)?,
-                &[&again, &again_due, &ended],
-            )
-            .await
-            .map_err(failure)?;
-        }
-        self.inner.outbox_removed.fetch_add(ended.len() as u64, Ordering::Relaxed);
+        self.inner.outbox_removed.fetch_add(ended, Ordering::Relaxed);
         for (id, i) in u.id.iter().zip(&u.op) {
             if !written.contains(id) {
                 answers[*i] = Err(lost());
