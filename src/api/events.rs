@@ -24,7 +24,7 @@ use crate::config::User;
 use crate::model::{
     EventData, JOB_STATUSES, JobKind, Webhook, format_timestamp_ms, job_transition_events,
 };
-use crate::store::{EventAnswer, JobReport, NewEvent, StoreError};
+use crate::store::{EncodedEvent, EventAnswer, JobReport, NewEvent, StoreError};
 use crate::template::TemplateError;
 
 type Resp = Response<Full<Bytes>>;
@@ -36,15 +36,15 @@ const JOB_REPORT_ATTEMPTS_MAX: usize = 8;
 /// go to the render pool (a thread hop costs more than rendering a few small payloads).
 const INLINE_RENDER_BYTES_MAX: usize = 256 * 1024;
 
-/// Matches and renders events into what the writer stores in one transaction, within the
-/// request's budgets: dispatches (checked before any rendering) and rendered bytes (checked
+/// Matches, renders and encodes events into what the writer stores in one transaction, within
+/// the request's budgets: dispatches (checked before any rendering) and rendered bytes (checked
 /// as it renders, so an over-budget request stops early).
 async fn prepare(
     state: &ApiState,
     user: &User,
     events: Vec<Incoming>,
     charge: Charge,
-) -> Result<(Vec<NewEvent>, Charge), ApiError> {
+) -> Result<(Vec<EncodedEvent>, Charge), ApiError> {
     let keys: Vec<_> = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
     let limits = &state.limits;
     let max = limits.dispatches_per_request_max;
@@ -110,7 +110,7 @@ fn event_record(user_id: &str, e: &Incoming) -> String {
 }
 
 impl RenderJob {
-    fn run(mut self) -> Result<(Vec<NewEvent>, Charge), ApiError> {
+    fn run(mut self) -> Result<(Vec<EncodedEvent>, Charge), ApiError> {
         let now_ms = crate::sys::now_ms();
         let mut rendered_bytes = 0usize;
         let mut out = Vec::with_capacity(self.events.len());
@@ -139,7 +139,9 @@ impl RenderJob {
                 }
                 dispatches.push(d);
             }
-            out.push(NewEvent {
+            let body_bytes: usize = dispatches.iter().map(|d| d.body.len()).sum();
+            // Encoded here, with the render, since it too takes time in proportion to the bodies.
+            let encoded = EncodedEvent::new(NewEvent {
                 id: new_id(now_ms)?,
                 user_id: self.user_id.clone(),
                 created_ms: e.created_ms,
@@ -147,7 +149,12 @@ impl RenderJob {
                 idempotency_key: e.idempotency_key,
                 record_json: Some(record),
                 dispatches,
-            });
+            })?;
+            // The bodies moved into the records, which escape them and so may be larger.
+            if !self.charge.grow(encoded.encoded_bytes().saturating_sub(body_bytes)) {
+                return Err(budget_spent(self.charge.budget_max()));
+            }
+            out.push(encoded);
         }
         Ok((out, self.charge))
     }
@@ -206,7 +213,7 @@ pub async fn ingest(
     })
     .await?;
     let (prepared, _rendered) = prepare(state, user, events, charge).await?;
-    let answers = state.store.ingest(prepared, None).await?;
+    let answers = state.store.ingest_encoded(prepared, None).await?;
     let data = if is_array {
         Value::Array(answers.iter().map(answer_json).collect())
     } else {
@@ -308,7 +315,7 @@ pub async fn put_job(
             status: status.clone(),
             object_json: object.text().to_string(),
         };
-        match state.store.ingest(prepared, Some(report)).await {
+        match state.store.ingest_encoded(prepared, Some(report)).await {
             Ok(_) => {
                 let body = format!("{{\"data\":{}}}", object.text());
                 return Ok(json_text_response(StatusCode::OK, body));

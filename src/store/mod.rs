@@ -230,6 +230,17 @@ impl Store {
         events: Vec<NewEvent>,
         job: Option<JobReport>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
+        let encoded = events.into_iter().map(EncodedEvent::new).collect::<Result<_, _>>()?;
+        self.ingest_encoded(encoded, job).await
+    }
+
+    /// `ingest` of events encoded by the caller (`EncodedEvent::new`), which may do that on
+    /// a thread of its choosing.
+    pub async fn ingest_encoded(
+        &self,
+        events: Vec<EncodedEvent>,
+        job: Option<JobReport>,
+    ) -> Result<Vec<EventAnswer>, StoreError> {
         on_backend!(self, b => b.ingest(events, job).await)
     }
 

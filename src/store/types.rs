@@ -81,6 +81,46 @@ pub struct NewEvent {
     pub dispatches: Vec<Dispatch>,
 }
 
+/// An event whose dispatch records are encoded already, the same bytes for every backend.
+/// Encoding takes time in proportion to the bodies (megabytes for a costly template), so the
+/// API encodes where it renders, off the async workers, and the writers only copy bytes.
+#[derive(Debug)]
+pub struct EncodedEvent {
+    /// The event; its dispatches' bodies have moved into `dispatches`' records.
+    pub(crate) event: NewEvent,
+    /// One per `event.dispatches`, in order.
+    pub(crate) dispatches: Vec<EncodedDispatch>,
+}
+
+#[derive(Debug)]
+pub(crate) struct EncodedDispatch {
+    pub request: Vec<u8>,
+    pub state: Vec<u8>,
+    pub target: String,
+}
+
+impl EncodedEvent {
+    /// Encodes `event`'s dispatch records, moving each body into its record.
+    pub fn new(mut event: NewEvent) -> Result<EncodedEvent, super::StoreError> {
+        let mut dispatches = Vec::with_capacity(event.dispatches.len());
+        for d in &mut event.dispatches {
+            let state = super::records::state_of(d);
+            dispatches.push(EncodedDispatch {
+                request: super::records::encode_dispatch_request(d)?,
+                state: super::records::encode_dispatch_state(&state)?,
+                target: state.target,
+            });
+            d.body = String::new();
+        }
+        Ok(EncodedEvent { event, dispatches })
+    }
+
+    /// The bytes of its encoded dispatch records.
+    pub fn encoded_bytes(&self) -> usize {
+        self.dispatches.iter().map(|d| d.request.len() + d.state.len()).sum()
+    }
+}
+
 /// The 202 answer for one event.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EventAnswer {

@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::index::{IndexChange, MatchIndex};
-use super::{EventAnswer, Fatal, JobReport, NewEvent, StoreError, StoreLimits, records};
+use super::{EncodedEvent, EventAnswer, Fatal, JobReport, StoreError, StoreLimits, records};
 use crate::metrics::Metrics;
 use crate::model::{EventData, EventType, Webhook};
 
@@ -203,7 +203,7 @@ impl PgStore {
     /// transaction; the answer comes after its commit.
     pub async fn ingest(
         &self,
-        events: Vec<NewEvent>,
+        events: Vec<EncodedEvent>,
         job: Option<JobReport>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
         let (reply, answer) = oneshot::channel();

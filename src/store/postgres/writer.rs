@@ -17,7 +17,7 @@ use crate::metrics::StatusLabels;
 use crate::model::{Call, Decision};
 use crate::store::codes::{event_code, job_code, status_code};
 use crate::store::index::IndexChange;
-use crate::store::{EventAnswer, JobReport, NewEvent, StoreError, records};
+use crate::store::{EncodedEvent, EventAnswer, JobReport, StoreError, records};
 
 /// Attempts at one group before its ops are answered with the error.
 const ATTEMPTS_MAX: usize = 4;
@@ -26,7 +26,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(super) enum WriteOp {
     Ingest {
-        events: Vec<NewEvent>,
+        events: Vec<EncodedEvent>,
         job: Option<JobReport>,
         reply: Reply<Vec<EventAnswer>>,
     },
@@ -206,7 +206,7 @@ impl PgStore {
                 answers[i] = Some(Err(StoreError::Conflict));
             }
         }
-        let events: Vec<(usize, &NewEvent)> = ops
+        let events: Vec<(usize, &EncodedEvent)> = ops
             .iter()
             .enumerate()
             .filter(|(i, _)| answers[*i].is_none())
@@ -220,7 +220,8 @@ impl PgStore {
         let mut plan = Plan::default();
         let mut firsts: HashMap<(&str, &str), EventAnswer> = HashMap::new();
         let mut per_op: Vec<Vec<EventAnswer>> = vec![Vec::new(); ops.len()];
-        for (i, e) in &events {
+        for (i, encoded) in &events {
+            let e = &encoded.event;
             if let Some(key) = &e.idempotency_key {
                 let k = (e.user_id.as_str(), key.as_str());
                 if let Some(a) = replayed.get(&(e.user_id.clone(), key.clone())).or(firsts.get(&k))
@@ -229,7 +230,7 @@ impl PgStore {
                     continue;
                 }
             }
-            let answer = plan.add(e, &checks)?;
+            let answer = plan.add(encoded, &checks)?;
             if let Some(key) = &e.idempotency_key {
                 firsts.insert((e.user_id.as_str(), key.as_str()), answer.clone());
             }
@@ -411,11 +412,11 @@ struct Updates {
 /// The first answers of the keyed events whose keys are already stored.
 async fn stored_answers(
     tx: &deadpool_postgres::Transaction<'_>,
-    events: &[(usize, &NewEvent)],
+    events: &[(usize, &EncodedEvent)],
 ) -> Result<HashMap<(String, String), EventAnswer>, Failure> {
     let (users, keys): (Vec<&str>, Vec<&str>) = events
         .iter()
-        .filter_map(|(_, e)| Some((e.user_id.as_str(), e.idempotency_key.as_deref()?)))
+        .filter_map(|(_, e)| Some((e.event.user_id.as_str(), e.event.idempotency_key.as_deref()?)))
         .unzip();
     let mut found = HashMap::new();
     if keys.is_empty() {
@@ -452,11 +453,11 @@ struct Check {
 
 async fn webhook_checks(
     tx: &deadpool_postgres::Transaction<'_>,
-    events: &[(usize, &NewEvent)],
+    events: &[(usize, &EncodedEvent)],
 ) -> Result<HashMap<String, Check>, Failure> {
     let mut ids: Vec<&str> = events
         .iter()
-        .flat_map(|(_, e)| e.dispatches.iter().map(|d| d.webhook_id.as_str()))
+        .flat_map(|(_, e)| e.event.dispatches.iter().map(|d| d.webhook_id.as_str()))
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -521,11 +522,12 @@ impl Plan {
     /// Adds the event and those of its dispatches whose webhook still takes them; its answer.
     fn add(
         &mut self,
-        e: &NewEvent,
+        encoded: &EncodedEvent,
         checks: &HashMap<String, Check>,
     ) -> Result<EventAnswer, Failure> {
+        let e = &encoded.event;
         let mut ids = Vec::with_capacity(e.dispatches.len());
-        for d in &e.dispatches {
+        for (d, records) in e.dispatches.iter().zip(&encoded.dispatches) {
             // Deleted since it was matched (ids are never reused, so it is the user's own).
             let Some(check) = checks.get(&d.webhook_id) else { continue };
             // Disabled since (the test route calls a disabled one too).
@@ -535,19 +537,18 @@ impl Plan {
             if d.fires_ad_hoc() && (check.fired || !self.fired.insert(d.webhook_id.clone())) {
                 continue; // an ad-hoc webhook fires once
             }
-            let state = records::state_of(d);
             self.d_id.push(d.id.clone());
             self.d_user.push(d.user_id.clone());
             self.d_webhook.push(d.webhook_id.clone());
             self.d_created.push(db_i64(d.created_ms));
             self.d_type.push(i16::from(event_code(d.event_type)));
             self.d_status.push(i16::from(status_code(d.status)));
-            self.d_request.push(records::encode_dispatch_request(d)?);
-            self.d_state.push(records::encode_dispatch_state(&state)?);
+            self.d_request.push(records.request.clone());
+            self.d_state.push(records.state.clone());
             self.d_due.push(d.next_due_ms.map(db_i64));
             self.d_finished.push(d.finished_ms.map(db_i64));
-            self.d_shard.push(shard_of(&state.target));
-            self.d_target.push(state.target);
+            self.d_shard.push(shard_of(&records.target));
+            self.d_target.push(records.target.clone());
             ids.push(d.id.clone());
         }
         let answer = EventAnswer {

@@ -290,24 +290,10 @@ impl RedbStore {
     /// With a job report whose status moved meanwhile: `Conflict`, nothing written.
     pub async fn ingest(
         &self,
-        events: Vec<NewEvent>,
+        events: Vec<EncodedEvent>,
         job: Option<JobReport>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
-        // Encoding here, on the caller's task, keeps it off the single writer thread.
-        let mut encoded = Vec::with_capacity(events.len());
-        for event in events {
-            let mut dispatches = Vec::with_capacity(event.dispatches.len());
-            for d in &event.dispatches {
-                let state = records::state_of(d);
-                dispatches.push(writer::EncodedDispatch {
-                    request: records::encode_dispatch_request(d)?,
-                    state: records::encode_dispatch_state(&state)?,
-                    target: state.target,
-                });
-            }
-            encoded.push(writer::EncodedEvent { event, dispatches });
-        }
-        self.write(|reply| WriteOp::Ingest { events: encoded, job, reply }).await
+        self.write(|reply| WriteOp::Ingest { events, job, reply }).await
     }
 
     /// Appends a call to a dispatch and applies the decision (next due time, or its end).

@@ -11,11 +11,12 @@ use super::index::IndexChange;
 use super::records::StatsState;
 use super::redelivery;
 use super::schema::*;
-use super::writer::{EncodedEvent, SWEEP_CHUNK_DISPATCHES};
+use super::writer::SWEEP_CHUNK_DISPATCHES;
 use super::{Created, EventAnswer, JobReport, StoreError, records};
 use crate::model::{
     Call, Decision, DispatchStatus, EventType, SigningKeys, Webhook, WebhookPatch, WebhookStats,
 };
+use crate::store::EncodedEvent;
 
 /// Outer `Err`: storage failure (aborts the batch). Inner: this op's own answer.
 pub(super) type OpResult<T> = Result<Result<T, StoreError>, StoreError>;

@@ -23,7 +23,7 @@ use super::pending::Pending;
 use super::redelivery::{self, Redelivery};
 use super::retention::Retention;
 use super::schema::*;
-use super::{Created, EventAnswer, Fatal, JobReport, NewEvent, StoreError};
+use super::{Created, EncodedEvent, EventAnswer, Fatal, JobReport, StoreError};
 use crate::metrics::{Metrics, RecordLabels, StatusLabels};
 use crate::model::{Call, Decision, SigningKeys, Webhook, WebhookPatch, WebhookStats};
 
@@ -91,19 +91,6 @@ pub(crate) enum WriteOp {
     },
     /// Commit what came before, then stop.
     Close,
-}
-
-/// An event with its dispatches' records, encoded by the caller (off the writer thread).
-pub(crate) struct EncodedEvent {
-    pub event: NewEvent,
-    /// One per `event.dispatches`, in order.
-    pub dispatches: Vec<EncodedDispatch>,
-}
-
-pub(crate) struct EncodedDispatch {
-    pub request: Vec<u8>,
-    pub state: Vec<u8>,
-    pub target: String,
 }
 
 /// An answer computed inside the transaction, sent only once the commit is known.
