@@ -371,7 +371,10 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
     });
     let version =
         postgres::psql(&url, "SELECT value FROM hookd_meta WHERE name = 'schema_version'");
-    assert_eq!(version.trim(), "3");
+    assert_eq!(version.trim(), "4");
+    let options =
+        postgres::psql(&url, "SELECT reloptions FROM pg_class WHERE relname = 'dispatches'");
+    assert_eq!(options.trim(), "{fillfactor=50}");
 }
 
 /// An event of `user` at `ms` with one dispatch per (webhook, event type) given, as the API
