@@ -12,7 +12,9 @@
 //! runs on PostgreSQL instead of redb, on a fresh database made with `psql` (found on PATH or
 //! in `BENCH_POSTGRES_BIN`). The CPU column counts hookd only, not PostgreSQL. `BENCH_NODES`
 //! daemons share that database, `BENCH_TARGETS` receivers share the events, and
-//! `BENCH_STEADY_RATES` (e.g. `5000`) picks `steady`'s rates.
+//! `BENCH_STEADY_RATES` (e.g. `5000`) picks `steady`'s rates. `BENCH_RECEIVER_DELAY_MS` makes
+//! every receiver answer that long after it read a call (slow receivers: then a node's call
+//! slots, `delivery.inflight_max`, bound its delivery rate, not the CPU or the store).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -93,6 +95,9 @@ struct Sink {
 }
 
 async fn start_receiver(sink: Arc<Sink>) -> SocketAddr {
+    let delay = Duration::from_millis(
+        std::env::var("BENCH_RECEIVER_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -119,6 +124,9 @@ async fn start_receiver(sink: Arc<Sink>) -> SocketAddr {
                             if let Ok(mut l) = sink.latencies_us.lock() {
                                 l.push(us.min(u32::MAX as u64) as u32);
                             }
+                        }
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
                         }
                         sink.delivered.fetch_add(1, Ordering::Relaxed);
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
