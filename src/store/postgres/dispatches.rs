@@ -111,7 +111,7 @@ impl PgStore {
         let bytes = records::encode_dispatch_state(&state)?;
         super::redelivery::reactivate(&tx, &[dispatch_id], &[bytes], now_ms).await?;
         tx.commit().await.map_err(pg_error)?;
-        self.inner.outbox_changed.notify_one();
+        self.work_added(None);
         Ok(())
     }
 

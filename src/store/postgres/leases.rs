@@ -131,7 +131,7 @@ impl PgStore {
             self.set_held(mine, t0);
             if took {
                 // Work may be waiting in the new shards.
-                inner.outbox_changed.notify_one();
+                self.work_added(None);
             }
         } else {
             self.set_held(mine, t0);

@@ -59,16 +59,16 @@ impl PgStore {
         });
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(pg_error)?;
         // Work committed while this node was not listening.
-        self.inner.outbox_changed.notify_one();
+        self.work_added(None);
         let mut tick = tokio::time::interval(Duration::from_millis(CLOSED_CHECK_MS));
         loop {
             tokio::select! {
                 payload = rx.recv() => match payload {
-                    Some(p) => {
-                        if self.concerns_me(&p) {
-                            self.inner.outbox_changed.notify_one();
-                        }
-                    }
+                    Some(p) => match self.shards_for_me(&p) {
+                        Some(shards) if shards.is_empty() => self.work_added(None),
+                        Some(shards) => self.work_added(Some(&shards)),
+                        None => {}
+                    },
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -85,16 +85,20 @@ impl PgStore {
         }
     }
 
-    /// Whether a notification is about work in a shard this node holds (and not its own: its
-    /// own commits wake it directly).
-    fn concerns_me(&self, payload: &str) -> bool {
+    /// The shards this node holds that a notification names (empty: it names none, so work
+    /// may be anywhere); `None` when it is not about this node's work (another node's shards,
+    /// or this node's own commit, which marks its shards directly).
+    fn shards_for_me(&self, payload: &str) -> Option<Vec<i16>> {
         let mut words = payload.split(' ');
         if words.next() == Some(self.inner.node_id.as_str()) {
-            return false;
+            return None;
+        }
+        let named: Vec<i16> = words.filter_map(|w| w.parse::<i16>().ok()).collect();
+        if named.is_empty() {
+            return Some(named);
         }
         let held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
-        let mut shards = words.filter_map(|w| w.parse::<i16>().ok()).peekable();
-        // No shard named: anyone's.
-        shards.peek().is_none() || shards.any(|s| held.epochs.contains_key(&s))
+        let mine: Vec<i16> = named.into_iter().filter(|s| held.epochs.contains_key(s)).collect();
+        (!mine.is_empty()).then_some(mine)
     }
 }

@@ -16,6 +16,7 @@ mod outbox;
 mod redelivery;
 mod retention;
 mod schema;
+mod walk;
 mod webhooks;
 mod writer;
 
@@ -107,6 +108,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     fatal: Arc<Fatal>,
     outbox_changed: Arc<Notify>,
+    /// The shards the next outbox walk probes (walk.rs).
+    walk_shards: std::sync::Mutex<walk::WalkShards>,
     /// Outbox rows this node deleted since its last vacuum of the table (outbox.rs).
     outbox_removed: AtomicU64,
     /// Turns for the chunks of bulk redeliveries (`REDELIVERY_CHUNKS_AT_ONCE`).
@@ -169,6 +172,7 @@ impl PgStore {
                 metrics: Arc::new(Metrics::default()),
                 fatal: Arc::new(Fatal::default()),
                 outbox_changed: Arc::new(Notify::new()),
+                walk_shards: std::sync::Mutex::new(walk::WalkShards::new()),
                 outbox_removed: AtomicU64::new(0),
                 redelivery_slots: tokio::sync::Semaphore::new(REDELIVERY_CHUNKS_AT_ONCE),
                 finished_max_age_ms: limits.finished_max_age_ms,
@@ -222,6 +226,19 @@ impl PgStore {
         let (reply, answer) = oneshot::channel();
         self.write(writer::WriteOp::RecordCall { dispatch_id, call, decision, reply })?;
         answer.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Work was committed in `shards` (`None`: anywhere): the dispatcher's next walk looks
+    /// there, and it is woken.
+    fn work_added(&self, shards: Option<&[i16]>) {
+        {
+            let mut walk = self.inner.walk_shards.lock().unwrap_or_else(|p| p.into_inner());
+            match shards {
+                Some(shards) => walk.mark(shards),
+                None => walk.mark_all(),
+            }
+        }
+        self.inner.outbox_changed.notify_one();
     }
 
     fn write(&self, op: writer::WriteOp) -> Result<(), StoreError> {

@@ -1,7 +1,8 @@
 //! The outbox on PostgreSQL: the `outbox` table holds one small row per ACTIVE dispatch (deleted
-//! when it ends). A pass walks the shards this node holds with a skip scan over their targets
-//! (one index probe per target) and each target's first due rows; the scheduler's picker
-//! chooses (delivery/schedule.rs), then the chosen dispatches are read whole. Each taken
+//! when it ends). A pass walks the shards this node holds that may have work (walk.rs) with a
+//! skip scan over their targets (one index probe per target) and each target's first due rows;
+//! the scheduler's picker chooses (delivery/schedule.rs), then the chosen dispatches are read
+//! whole. Each taken
 //! dispatch remembers the epoch of its shard's lease, which fences the outcome the writer
 //! records (writer.rs).
 //!
@@ -66,6 +67,13 @@ impl PgStore {
             let split = shards.partition_point(|s| *s <= at);
             shards.rotate_left(split);
         }
+        let walked = {
+            let mut walk = self.inner.walk_shards.lock().unwrap_or_else(|p| p.into_inner());
+            walk.begin(&shards, std::time::Instant::now())
+        };
+        if walked.is_empty() {
+            return Ok(due);
+        }
         let in_flight: Vec<String> = {
             let taken = self.inner.taken.lock().unwrap_or_else(|p| p.into_inner());
             taken.keys().cloned().collect()
@@ -74,10 +82,16 @@ impl PgStore {
         let rows = client
             .query(
                 &client.prepare_cached(WALK).await.map_err(pg_error)?,
-                &[&shards, &in_flight, &ROWS_PER_TARGET_MAX, &ROWS_PER_PASS_MAX],
+                &[&walked, &in_flight, &ROWS_PER_TARGET_MAX, &ROWS_PER_PASS_MAX],
             )
             .await
             .map_err(pg_error)?;
+        {
+            let found: std::collections::BTreeSet<i16> = rows.iter().map(|r| r.get(0)).collect();
+            let cut_short = rows.len() >= ROWS_PER_PASS_MAX as usize;
+            let mut walk = self.inner.walk_shards.lock().unwrap_or_else(|p| p.into_inner());
+            walk.settle(&walked, &found, cut_short);
+        }
         let now_ms = db_i64(picker.now_ms());
         let mut chosen: Vec<(String, i16)> = Vec::new();
         let mut i = 0;

@@ -223,7 +223,7 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg_error)?;
         if !ids.is_empty() {
-            self.inner.outbox_changed.notify_one();
+            self.work_added(None);
         }
         Ok(if done { Step::Done(count) } else { Step::More })
     }

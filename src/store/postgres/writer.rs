@@ -130,7 +130,7 @@ impl PgStore {
                         self.inner.index.apply(fired);
                     }
                     tally.count(&self.inner.metrics, ops.len(), started);
-                    self.inner.outbox_changed.notify_one();
+                    self.work_added(Some(&tally.work_shards));
                     self.forget_taken(&ops);
                     for (op, answer) in ops.into_iter().zip(answers) {
                         op.answer(answer);
@@ -241,6 +241,7 @@ impl PgStore {
             events: plan.e_id.len() as u64,
             created: plan.d_id.len() as u64,
             ended: [0; 2],
+            work_shards: plan.work_shards(),
         };
         let recorded = self.record_calls(&tx, ops, &mut tally).await?;
         tx.commit().await.map_err(failure)?;
@@ -351,12 +352,16 @@ impl PgStore {
             .await
             .map_err(failure)?;
         let written: HashSet<String> = ttl_fence.iter().map(|r| r.get(0)).collect();
+        let shard_of_id: HashMap<&str, i16> =
+            u.id.iter().map(String::as_str).zip(u.shard.iter().copied()).collect();
         let mut ended = 0u64;
         for row in &ttl_fence {
             let status: i16 = row.get(1);
             if status != 0 {
                 ended += 1;
                 tally.ended[usize::from(status == 2)] += 1;
+            } else if let Some(shard) = shard_of_id.get(row.get::<_, &str>(0)) {
+                tally.work_shards.push(*shard);
             }
         }
         self.inner.outbox_removed.fetch_add(ended, Ordering::Relaxed);
@@ -369,12 +374,14 @@ impl PgStore {
     }
 }
 
-/// What a committed group did, for this node's metrics.
+/// What a committed group did, for this node's metrics and its outbox walk.
 struct Tally {
     events: u64,
     created: u64,
     /// Dispatches ended: SUCCEEDED, FAILED.
     ended: [u64; 2],
+    /// The shards of the dispatches it made ACTIVE or left ACTIVE (due again later).
+    work_shards: Vec<i16>,
 }
 
 impl Tally {
@@ -519,6 +526,20 @@ struct Plan {
 }
 
 impl Plan {
+    /// The shards of the ACTIVE dispatches it inserts, each once.
+    fn work_shards(&self) -> Vec<i16> {
+        let mut shards: Vec<i16> = self
+            .d_shard
+            .iter()
+            .zip(&self.d_status)
+            .filter(|(_, status)| **status == 0)
+            .map(|(shard, _)| *shard)
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards
+    }
+
     /// Adds the event and those of its dispatches whose webhook still takes them; its answer.
     fn add(
         &mut self,
@@ -612,15 +633,7 @@ impl Plan {
             ),
         )?;
         let fired: Vec<&String> = self.fired.iter().collect();
-        let mut shards: Vec<i16> = self
-            .d_shard
-            .iter()
-            .zip(&self.d_status)
-            .filter(|(_, status)| **status == 0)
-            .map(|(shard, _)| *shard)
-            .collect();
-        shards.sort_unstable();
-        shards.dedup();
+        let shards = self.work_shards();
         let woken = listen::payload(node_id, &shards);
         type Params<'a> = [&'a (dyn ToSql + Sync)];
         let fire_params: &Params = &[&fired];
