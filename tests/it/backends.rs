@@ -348,7 +348,7 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
          DROP TABLE webhook_retained;
          ALTER TABLE webhooks ADD COLUMN retained_count bigint NOT NULL DEFAULT 0,
              ADD COLUMN last_ended_status smallint, ADD COLUMN last_ended_ms bigint;
-         DROP INDEX dispatches_by_time;
+         DROP INDEX IF EXISTS dispatches_by_time;
          CREATE INDEX dispatches_by_user_status ON dispatches (user_id, status, event_type, id);
          CREATE INDEX dispatches_by_webhook_status
              ON dispatches (webhook_id, status, event_type, id);
@@ -375,6 +375,8 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
     let options =
         postgres::psql(&url, "SELECT reloptions FROM pg_class WHERE relname = 'dispatches'");
     assert_eq!(options.trim(), "{fillfactor=50}");
+    let by_time = postgres::psql(&url, "SELECT to_regclass('dispatches_by_time') IS NULL");
+    assert_eq!(by_time.trim(), "t", "schema 4 drops the index by creation time");
 }
 
 /// An event of `user` at `ms` with one dispatch per (webhook, event type) given, as the API

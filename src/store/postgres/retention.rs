@@ -3,9 +3,9 @@
 //! answers. One node at a time works (an advisory lock per chunk; the others skip their tick)
 //! and each chunk is one short transaction, so ingest never waits behind a long delete.
 //!
-//! Dispatches are walked by creation time (a dispatch ends after it was made, so every one
-//! due is created before the cutoff) from where the last chunk stopped; a tick starts the walk
-//! over. A webhook's stats keep counting what was deleted (`webhook_retained`) and remember how
+//! Dispatches are walked by id, which begins with the creation time (a dispatch ends after it
+//! was made, so every one due is created before the cutoff), from where the last chunk
+//! stopped; a tick starts the walk over. A webhook's stats keep counting what was deleted (`webhook_retained`) and remember how
 //! its latest deleted dispatch ended, shown once none is left.
 //!
 //! `store_bytes_max` bounds a redb file; on PostgreSQL the database's size is the server's to
@@ -22,13 +22,11 @@ const CHUNK_ROWS: i64 = 512;
 /// Distinguishes retention's advisory lock from others on the database ("hookd" + 1).
 const RETENTION_LOCK: i64 = 0x686f_6f6b_6401;
 
-/// Deletes the finished dispatches among the next `CHUNK_ROWS` created before `$3` (after the
-/// cursor `$1`, `$2`) that ended before `$3`; folds them into their webhooks' stats; answers
-/// the rows looked at, the cursor after them and how many went.
+/// Deletes the finished dispatches among the next `CHUNK_ROWS` after the id `$1` whose ids are
+/// below `$2` (created before the cutoff `$3`) that ended before `$3`; folds them into their
+/// webhooks' stats; answers the rows looked at, the cursor after them and how many went.
 const DISPATCHES_CHUNK: &str = "WITH scanned AS (
-        SELECT id, created_ms FROM dispatches
-        WHERE (created_ms, id) > ($1, $2) AND created_ms < $3
-        ORDER BY created_ms, id LIMIT $4),
+        SELECT id FROM dispatches WHERE id > $1 AND id < $2 ORDER BY id LIMIT $4),
     gone AS (
         DELETE FROM dispatches d USING scanned s
         WHERE d.id = s.id AND d.status <> 0 AND d.finished_ms < $3
@@ -48,9 +46,7 @@ const DISPATCHES_CHUNK: &str = "WITH scanned AS (
             last_finished_ms = CASE WHEN excluded.last_id > r.last_id
                 THEN excluded.last_finished_ms ELSE r.last_finished_ms END,
             last_id = greatest(r.last_id, excluded.last_id))
-    SELECT (SELECT count(*) FROM scanned),
-        (SELECT created_ms FROM scanned ORDER BY created_ms DESC, id DESC LIMIT 1),
-        (SELECT id FROM scanned ORDER BY created_ms DESC, id DESC LIMIT 1),
+    SELECT (SELECT count(*) FROM scanned), (SELECT max(id) FROM scanned),
         (SELECT count(*) FROM gone)";
 
 /// Where this node's walk stands.
@@ -58,8 +54,8 @@ const DISPATCHES_CHUNK: &str = "WITH scanned AS (
 pub(super) struct Walk {
     /// The tick being worked on (0: none yet).
     now_ms: u64,
-    /// The dispatch walk resumes after this (created_ms, id); `None`: from the oldest.
-    dispatches_after: Option<(i64, String)>,
+    /// The dispatch walk resumes after this id; `None`: from the oldest.
+    dispatches_after: Option<String>,
     dispatches_done: bool,
     events_after: Option<(i64, String)>,
     events_done: bool,
@@ -147,17 +143,19 @@ impl PgStore {
         walk: &mut Walk,
         cutoff_ms: i64,
     ) -> Result<u64, StoreError> {
-        let (after_ms, after_id) = walk.dispatches_after.clone().unwrap_or((-1, String::new()));
+        let after_id = walk.dispatches_after.clone().unwrap_or_default();
+        // Ids begin with their creation time: those below the cutoff's prefix were made before it.
+        let below_id = crate::sys::time_id_prefix(from_db(Some(cutoff_ms)).unwrap_or(0));
         let row = tx
-            .query_one(DISPATCHES_CHUNK, &[&after_ms, &after_id, &cutoff_ms, &CHUNK_ROWS])
+            .query_one(DISPATCHES_CHUNK, &[&after_id, &below_id, &cutoff_ms, &CHUNK_ROWS])
             .await
             .map_err(pg_error)?;
         let scanned: i64 = row.get(0);
-        if let (Some(ms), Some(id)) = (row.get::<_, Option<i64>>(1), row.get(2)) {
-            walk.dispatches_after = Some((ms, id));
+        if let Some(id) = row.get::<_, Option<String>>(1) {
+            walk.dispatches_after = Some(id);
         }
         walk.dispatches_done = scanned < CHUNK_ROWS;
-        Ok(from_db(Some(row.get(3))).unwrap_or(0))
+        Ok(from_db(Some(row.get(2))).unwrap_or(0))
     }
 
     /// Deletes the events among the next `CHUNK_ROWS` created before the cutoff none of whose
