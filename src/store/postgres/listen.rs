@@ -64,11 +64,7 @@ impl PgStore {
         loop {
             tokio::select! {
                 payload = rx.recv() => match payload {
-                    Some(p) => match self.shards_for_me(&p) {
-                        Some(shards) if shards.is_empty() => self.work_added(None),
-                        Some(shards) => self.work_added(Some(&shards)),
-                        None => {}
-                    },
+                    Some(p) => self.wake_if_mine(&p),
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -85,20 +81,24 @@ impl PgStore {
         }
     }
 
-    /// The shards this node holds that a notification names (empty: it names none, so work
-    /// may be anywhere); `None` when it is not about this node's work (another node's shards,
-    /// or this node's own commit, which marks its shards directly).
-    fn shards_for_me(&self, payload: &str) -> Option<Vec<i16>> {
+    /// Marks and wakes for the shards this node holds that a notification names (all when it
+    /// names none). Not for another node's shards, nor for this node's own commit, which marks
+    /// its shards directly.
+    fn wake_if_mine(&self, payload: &str) {
         let mut words = payload.split(' ');
         if words.next() == Some(self.inner.node_id.as_str()) {
-            return None;
+            return;
         }
         let named: Vec<i16> = words.filter_map(|w| w.parse::<i16>().ok()).collect();
         if named.is_empty() {
-            return Some(named);
+            return self.work_added(None);
         }
-        let held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
-        let mine: Vec<i16> = named.into_iter().filter(|s| held.epochs.contains_key(s)).collect();
-        (!mine.is_empty()).then_some(mine)
+        let mine: Vec<i16> = {
+            let held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+            named.into_iter().filter(|s| held.epochs.contains_key(s)).collect()
+        };
+        if !mine.is_empty() {
+            self.work_added(Some(&mine));
+        }
     }
 }

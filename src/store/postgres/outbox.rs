@@ -2,9 +2,8 @@
 //! when it ends). A pass walks the shards this node holds that may have work (walk.rs) with a
 //! skip scan over their targets (one index probe per target) and each target's first due rows;
 //! the scheduler's picker chooses (delivery/schedule.rs), then the chosen dispatches are read
-//! whole. Each taken
-//! dispatch remembers the epoch of its shard's lease, which fences the outcome the writer
-//! records (writer.rs).
+//! whole. Each taken dispatch remembers the epoch of its shard's lease, which fences the outcome
+//! the writer records (writer.rs).
 //!
 //! A deleted row's index entry stays until a vacuum, and a walk steps over it; autovacuum looks
 //! at a database about once a minute, far too seldom at thousands of deliveries a second, so

@@ -5,8 +5,9 @@
 //!
 //! Dispatches are walked by id, which begins with the creation time (a dispatch ends after it
 //! was made, so every one due is created before the cutoff), from where the last chunk
-//! stopped; a tick starts the walk over. A webhook's stats keep counting what was deleted (`webhook_retained`) and remember how
-//! its latest deleted dispatch ended, shown once none is left.
+//! stopped; a tick starts the walk over. A webhook's stats keep counting what was deleted
+//! (`webhook_retained`) and remember how its latest deleted dispatch ended, shown once none is
+//! left.
 //!
 //! `store_bytes_max` bounds a redb file; on PostgreSQL the database's size is the server's to
 //! watch.
