@@ -349,6 +349,7 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
          ALTER TABLE webhooks ADD COLUMN retained_count bigint NOT NULL DEFAULT 0,
              ADD COLUMN last_ended_status smallint, ADD COLUMN last_ended_ms bigint;
          DROP INDEX IF EXISTS dispatches_by_time;
+         CREATE INDEX IF NOT EXISTS events_by_time ON events (created_ms, id);
          CREATE INDEX dispatches_by_user_status ON dispatches (user_id, status, event_type, id);
          CREATE INDEX dispatches_by_webhook_status
              ON dispatches (webhook_id, status, event_type, id);
@@ -371,12 +372,14 @@ fn postgres_schema_1_migrates_with_its_waiting_dispatches() {
     });
     let version =
         postgres::psql(&url, "SELECT value FROM hookd_meta WHERE name = 'schema_version'");
-    assert_eq!(version.trim(), "4");
+    assert_eq!(version.trim(), "5");
     let options =
         postgres::psql(&url, "SELECT reloptions FROM pg_class WHERE relname = 'dispatches'");
     assert_eq!(options.trim(), "{fillfactor=50}");
     let by_time = postgres::psql(&url, "SELECT to_regclass('dispatches_by_time') IS NULL");
     assert_eq!(by_time.trim(), "t", "schema 4 drops the index by creation time");
+    let events_by_time = postgres::psql(&url, "SELECT to_regclass('events_by_time') IS NULL");
+    assert_eq!(events_by_time.trim(), "t", "schema 5 drops the events' index by creation time");
 }
 
 /// An event of `user` at `ms` with one dispatch per (webhook, event type) given, as the API

@@ -58,7 +58,8 @@ pub(super) struct Walk {
     /// The dispatch walk resumes after this id; `None`: from the oldest.
     dispatches_after: Option<String>,
     dispatches_done: bool,
-    events_after: Option<(i64, String)>,
+    /// The event walk resumes after this id; `None`: from the oldest.
+    events_after: Option<String>,
     events_done: bool,
 }
 
@@ -167,24 +168,24 @@ impl PgStore {
         walk: &mut Walk,
         cutoff_ms: i64,
     ) -> Result<u64, StoreError> {
-        let (after_ms, after_id) = walk.events_after.clone().unwrap_or((-1, String::new()));
+        let after_id = walk.events_after.clone().unwrap_or_default();
+        // Ids begin with their creation time: those below the cutoff's prefix were made before it.
+        let below_id = crate::sys::time_id_prefix(from_db(Some(cutoff_ms)).unwrap_or(0));
         let rows = tx
             .query(
-                "SELECT id, created_ms, record FROM events
-                 WHERE (created_ms, id) > ($1, $2) AND created_ms < $3
-                 ORDER BY created_ms, id LIMIT $4",
-                &[&after_ms, &after_id, &cutoff_ms, &CHUNK_ROWS],
+                "SELECT id, record FROM events WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
+                &[&after_id, &below_id, &CHUNK_ROWS],
             )
             .await
             .map_err(pg_error)?;
         walk.events_done = (rows.len() as i64) < CHUNK_ROWS;
         if let Some(last) = rows.last() {
-            walk.events_after = Some((last.get(1), last.get(0)));
+            walk.events_after = Some(last.get(0));
         }
         let mut dispatch_ids = Vec::new();
         let mut headers = Vec::with_capacity(rows.len());
         for row in &rows {
-            let header = records::decode_event_header(row.get(2))?;
+            let header = records::decode_event_header(row.get(1))?;
             dispatch_ids.extend(header.dispatch_ids.iter().cloned());
             headers.push((row.get::<_, String>(0), header.dispatch_ids));
         }

@@ -9,13 +9,13 @@ use crate::store::StoreError;
 use super::pg_error;
 
 /// The schema this hookd writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Serializes migrations between nodes (any constant both sides agree on).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6400; // "hookd\0"
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
 CREATE TABLE hookd_meta (name text PRIMARY KEY, value bigint NOT NULL);
 
@@ -186,6 +186,10 @@ CREATE TABLE webhook_retained (
     r#"
 ALTER TABLE dispatches SET (fillfactor = 50);
 DROP INDEX dispatches_by_time;
+"#,
+    // Retention walks events by id too (ids begin with their creation time).
+    r#"
+DROP INDEX events_by_time;
 "#,
 ];
 
