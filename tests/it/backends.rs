@@ -82,6 +82,7 @@ on_every_backend!(
     job_reports_are_compare_and_set,
     due_work_is_taken_once_and_its_outcomes_recorded,
     deleting_a_webhook_ends_its_active_dispatches,
+    a_call_in_flight_when_its_webhook_is_deleted_leaves_the_dispatch_failed,
     an_ended_dispatch_is_delivered_again_on_request,
     a_small_bulk_redelivery_is_not_held_behind_a_large_one,
 );
@@ -658,6 +659,25 @@ async fn deleting_a_webhook_ends_its_active_dispatches(store: Store) {
     assert!(store.outbox_keys().await.unwrap().is_empty());
     let refused = store.redeliver(ALICE.into(), all[0].id.clone(), 60).await;
     assert!(matches!(refused, Err(StoreError::Refused(_))), "{refused:?}");
+}
+
+/// The outcome of a call that was in flight when its webhook was deleted is kept among the
+/// calls, and the dispatch stays FAILED (the state the outcome was appended to had changed).
+async fn a_call_in_flight_when_its_webhook_is_deleted_leaves_the_dispatch_failed(store: Store) {
+    let a = store.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
+    let e = event(ALICE, 10, None, &[(&a, EventType::RunSucceeded)]);
+    let id = e.dispatches[0].id.clone();
+    store.ingest(vec![e], None).await.unwrap();
+    let pass = Scheduler::new(16, 4, 8).take_due(&store, 10).await.unwrap();
+    assert_eq!(pass.calls.len(), 1);
+    store.delete_webhook(ALICE.into(), a.id.clone(), 50).await.unwrap();
+    store.record_call(id.clone(), call_at(60, 200), Decision::Succeeded).await.unwrap();
+    let d = store.get_dispatch(ALICE.into(), id).await.unwrap().unwrap();
+    assert_eq!((d.status, d.finished_ms, d.next_due_ms), (DispatchStatus::Failed, Some(50), None));
+    let calls: Vec<(Option<&str>, Option<u16>)> =
+        d.calls.iter().map(|c| (c.error_message.as_deref(), c.response_status)).collect();
+    assert_eq!(calls, vec![(Some("Webhook was removed."), None), (None, Some(200))]);
+    assert!(store.outbox_keys().await.unwrap().is_empty());
 }
 
 async fn an_ended_dispatch_is_delivered_again_on_request(store: Store) {

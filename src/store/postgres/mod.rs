@@ -13,6 +13,7 @@ mod dispatches;
 mod leases;
 mod listen;
 mod outbox;
+mod outcomes;
 mod redelivery;
 mod retention;
 mod schema;
@@ -94,8 +95,8 @@ struct Inner {
     held: std::sync::Mutex<leases::Held>,
     /// Set by a clean stop: no lease is renewed or taken after it.
     closed: std::sync::atomic::AtomicBool,
-    /// Dispatches taken for a call and not yet recorded: their shard and lease epoch.
-    taken: std::sync::Mutex<HashMap<String, (i16, i64)>>,
+    /// Dispatches taken for a call and not yet recorded.
+    taken: std::sync::Mutex<HashMap<String, outcomes::Taken>>,
     index: MatchIndex,
     /// `hookd_meta.changes` as the index reflects it.
     index_changes: AtomicI64,

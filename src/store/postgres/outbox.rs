@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::outcomes::Taken;
 use super::{PgStore, db_i64, from_db, pg_error, shard_of};
 use crate::store::{Due, DuePicker, StoreError, records};
 
@@ -138,8 +139,9 @@ impl PgStore {
             .map_err(pg_error)?;
         let mut by_id = HashMap::with_capacity(rows.len());
         for row in &rows {
-            let d = records::decode_dispatch(row.get(0), row.get(1))?;
-            by_id.insert(d.id.clone(), d);
+            let state: &[u8] = row.get(1);
+            let d = records::decode_dispatch(row.get(0), state)?;
+            by_id.insert(d.id.clone(), (d, state.to_vec()));
         }
         {
             let mut taken = self.inner.taken.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,8 +149,8 @@ impl PgStore {
                 taken.clear();
             }
             for (id, shard) in &chosen {
-                if let (Some(d), Some(epoch)) = (by_id.remove(id), epochs.get(shard)) {
-                    taken.insert(id.clone(), (*shard, *epoch));
+                if let (Some((d, state)), Some(epoch)) = (by_id.remove(id), epochs.get(shard)) {
+                    taken.insert(id.clone(), Taken { shard: *shard, epoch: *epoch, state });
                     due.dispatches.push((d.target_key(), d));
                 }
             }

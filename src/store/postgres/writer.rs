@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -77,12 +76,12 @@ pub(super) struct Queue {
 }
 
 /// Why a group is tried again.
-enum Failure {
+pub(super) enum Failure {
     Retry(String),
     Error(StoreError),
 }
 
-fn failure(e: tokio_postgres::Error) -> Failure {
+pub(super) fn failure(e: tokio_postgres::Error) -> Failure {
     match e.code() {
         Some(c)
             if *c == SqlState::T_R_DEADLOCK_DETECTED
@@ -262,126 +261,16 @@ impl PgStore {
             .collect();
         Ok((answers, fired, tally))
     }
-
-    /// Appends each call to its dispatch's state and applies its decision, only where this
-    /// node still holds the lease (and epoch) the dispatch was taken under; one answer per op
-    /// (`Ok` for the other ops).
-    async fn record_calls(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        ops: &[WriteOp],
-        tally: &mut Tally,
-    ) -> Result<Vec<Result<(), StoreError>>, Failure> {
-        let mut answers: Vec<Result<(), StoreError>> = ops.iter().map(|_| Ok(())).collect();
-        let mut ids: Vec<&str> = ops
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::RecordCall { dispatch_id, .. } => Some(dispatch_id.as_str()),
-                WriteOp::Ingest { .. } => None,
-            })
-            .collect();
-        if ids.is_empty() {
-            return Ok(answers);
-        }
-        ids.sort_unstable();
-        let rows = tx
-            .query(
-                &tx.prepare_cached(
-                    "SELECT id, state FROM dispatches WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                )
-                .await
-                .map_err(failure)?,
-                &[&ids],
-            )
-            .await
-            .map_err(failure)?;
-        let mut states = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            states.insert(row.get::<_, String>(0), records::decode_dispatch_state(row.get(1))?);
-        }
-        let taken = self.inner.taken.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut u = Updates::default();
-        for (i, op) in ops.iter().enumerate() {
-            let WriteOp::RecordCall { dispatch_id, call, decision, .. } = op else { continue };
-            // Deleted meanwhile (retention): nothing to record.
-            let Some(mut state) = states.remove(dispatch_id) else { continue };
-            let Some((shard, epoch)) = taken.get(dispatch_id) else {
-                answers[i] = Err(lost());
-                continue;
-            };
-            state.record(call.clone(), *decision);
-            u.id.push(dispatch_id.clone());
-            u.state.push(records::encode_dispatch_state(&state)?);
-            u.status.push(i16::from(status_code(state.status)));
-            u.due.push(state.next_due_ms.map(db_i64));
-            u.finished.push(state.finished_ms.map(db_i64));
-            u.shard.push(*shard);
-            u.epoch.push(*epoch);
-            u.op.push(i);
-        }
-        if u.id.is_empty() {
-            return Ok(answers);
-        }
-        // One statement: the fenced state updates, then the outbox follows what was written
-        // (ended rows leave it, retried ones move to their next due time).
-        let ttl_fence = tx
-            .query(
-                &tx.prepare_cached("WITH w AS (
-                    UPDATE dispatches d SET state = u.state, status = u.status,
-                        next_due_ms = u.due, finished_ms = u.finished
-                    FROM unnest($1::text[], $2::bytea[], $3::int2[], $4::int8[], $5::int8[],
-                                $6::int2[], $7::int8[]) AS u(id, state, status, due, finished, shard, epoch)
-                    JOIN shard_leases l ON l.shard = u.shard AND l.epoch = u.epoch
-                    WHERE d.id = u.id AND l.owner = $8 AND l.expires_at > now()
-                    RETURNING d.id, d.status, d.next_due_ms),
-                 ended AS (DELETE FROM outbox o USING w WHERE o.id = w.id AND w.status <> 0),
-                 again AS (UPDATE outbox o SET next_due_ms = w.next_due_ms FROM w
-                    WHERE o.id = w.id AND w.status = 0)
-                 SELECT id, status FROM w").await.map_err(failure)?,
-                &[
-                    &u.id,
-                    &u.state,
-                    &u.status,
-                    &u.due,
-                    &u.finished,
-                    &u.shard,
-                    &u.epoch,
-                    &self.inner.node_id,
-                ],
-            )
-            .await
-            .map_err(failure)?;
-        let written: HashSet<String> = ttl_fence.iter().map(|r| r.get(0)).collect();
-        let shard_of_id: HashMap<&str, i16> =
-            u.id.iter().map(String::as_str).zip(u.shard.iter().copied()).collect();
-        let mut ended = 0u64;
-        for row in &ttl_fence {
-            let status: i16 = row.get(1);
-            if status != 0 {
-                ended += 1;
-                tally.ended[usize::from(status == 2)] += 1;
-            } else if let Some(shard) = shard_of_id.get(row.get::<_, &str>(0)) {
-                tally.work_shards.push(*shard);
-            }
-        }
-        self.inner.outbox_removed.fetch_add(ended, Ordering::Relaxed);
-        for (id, i) in u.id.iter().zip(&u.op) {
-            if !written.contains(id) {
-                answers[*i] = Err(lost());
-            }
-        }
-        Ok(answers)
-    }
 }
 
 /// What a committed group did, for this node's metrics and its outbox walk.
-struct Tally {
+pub(super) struct Tally {
     events: u64,
     created: u64,
     /// Dispatches ended: SUCCEEDED, FAILED.
-    ended: [u64; 2],
+    pub ended: [u64; 2],
     /// The shards of the dispatches it made ACTIVE or left ACTIVE (due again later).
-    work_shards: Vec<i16>,
+    pub work_shards: Vec<i16>,
 }
 
 impl Tally {
@@ -396,24 +285,6 @@ impl Tally {
         m.group_commit_ops.observe(ops as f64);
         m.group_commit_seconds.observe(started.elapsed().as_secs_f64());
     }
-}
-
-/// Why an outcome is not recorded: the node lost the dispatch's shard meanwhile.
-fn lost() -> StoreError {
-    StoreError::Refused("this node no longer holds the lease of the dispatch's shard".into())
-}
-
-/// The state updates of one group's calls, as columns for `unnest`.
-#[derive(Default)]
-struct Updates {
-    id: Vec<String>,
-    state: Vec<Vec<u8>>,
-    status: Vec<i16>,
-    due: Vec<Option<i64>>,
-    finished: Vec<Option<i64>>,
-    shard: Vec<i16>,
-    epoch: Vec<i64>,
-    op: Vec<usize>,
 }
 
 /// The first answers of the keyed events whose keys are already stored.
