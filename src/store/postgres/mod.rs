@@ -62,7 +62,7 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 /// Chunks of bulk redeliveries a node runs at once (redelivery.rs), whatever the jobs.
 const REDELIVERY_CHUNKS_AT_ONCE: usize = 2;
 
-/// Writer tasks per node (writer.rs).
+/// Writer tasks per node (writer.rs): groups applied at once, when the queue holds enough.
 const WRITER_TASKS: usize = 4;
 
 /// Targets are spread over this many shards, each delivered by one node at a time (the
@@ -183,11 +183,7 @@ impl PgStore {
             }),
         };
         store.reload_index().await?;
-        let queue = Arc::new(writer::Queue {
-            rx: Mutex::new(rx),
-            batch_max: limits.write_batch_max.max(1),
-        });
-        // Two transactions in flight: one commits while the next group is gathered and sent.
+        let queue = Arc::new(writer::Queue::new(rx, limits.write_batch_max));
         for _ in 0..WRITER_TASKS {
             tokio::spawn(writer::run(store.clone(), queue.clone()));
         }

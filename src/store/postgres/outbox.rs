@@ -51,6 +51,11 @@ const WALK: &str = "SELECT s.shard, t.target, c.id, c.user_id, c.next_due_ms
     ORDER BY s.n, t.target, c.next_due_ms, c.id
     LIMIT $4";
 
+/// The chosen dispatches, whole, with their webhooks' signing keys when `$2`.
+const LOAD: &str = "SELECT d.request, d.state, CASE WHEN $2 THEN w.signing_keys END
+    FROM dispatches d LEFT JOIN webhooks w ON w.id = d.webhook_id COLLATE \"C\"
+    WHERE d.id = ANY($1) AND d.status = 0";
+
 impl PgStore {
     pub async fn due_dispatches<P: DuePicker>(&self, mut picker: P) -> Result<Due, StoreError> {
         let (mut shards, epochs) = {
@@ -125,15 +130,11 @@ impl PgStore {
             return Ok(due);
         }
         let ids: Vec<&str> = chosen.iter().map(|(id, _)| id.as_str()).collect();
+        // The webhooks' signing keys come along when the deliveries are signed.
         let rows = client
             .query(
-                &client
-                    .prepare_cached(
-                        "SELECT request, state FROM dispatches WHERE id = ANY($1) AND status = 0",
-                    )
-                    .await
-                    .map_err(pg_error)?,
-                &[&ids],
+                &client.prepare_cached(LOAD).await.map_err(pg_error)?,
+                &[&ids, &picker.wants_signing_keys()],
             )
             .await
             .map_err(pg_error)?;
@@ -141,6 +142,12 @@ impl PgStore {
         for row in &rows {
             let state: &[u8] = row.get(1);
             let d = records::decode_dispatch(row.get(0), state)?;
+            if let Some(keys) = row.get::<_, Option<&[u8]>>(2)
+                && !due.signing.contains_key(&d.webhook_id)
+            {
+                due.signing
+                    .insert(d.webhook_id.clone(), Arc::new(records::decode_signing_keys(keys)?));
+            }
             by_id.insert(d.id.clone(), (d, state.to_vec()));
         }
         {
@@ -153,26 +160,6 @@ impl PgStore {
                     taken.insert(id.clone(), Taken { shard: *shard, epoch: *epoch, state });
                     due.dispatches.push((d.target_key(), d));
                 }
-            }
-        }
-        if picker.wants_signing_keys() && !due.dispatches.is_empty() {
-            let mut webhooks: Vec<&str> =
-                due.dispatches.iter().map(|(_, d)| d.webhook_id.as_str()).collect();
-            webhooks.sort_unstable();
-            webhooks.dedup();
-            let rows = client
-                .query(
-                    &client
-                        .prepare_cached("SELECT id, signing_keys FROM webhooks WHERE id = ANY($1)")
-                        .await
-                        .map_err(pg_error)?,
-                    &[&webhooks],
-                )
-                .await
-                .map_err(pg_error)?;
-            for row in rows {
-                let keys = records::decode_signing_keys(row.get(1))?;
-                due.signing.insert(row.get(0), Arc::new(keys));
             }
         }
         Ok(due)

@@ -6,8 +6,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
@@ -73,6 +74,21 @@ fn mixed() -> StoreError {
 pub(super) struct Queue {
     pub rx: Mutex<mpsc::Receiver<WriteOp>>,
     pub batch_max: usize,
+    /// Groups being applied now.
+    pub applying: AtomicUsize,
+    /// Signalled when a group is done.
+    pub applied: Notify,
+}
+
+impl Queue {
+    pub fn new(rx: mpsc::Receiver<WriteOp>, batch_max: usize) -> Queue {
+        Queue {
+            rx: Mutex::new(rx),
+            batch_max: batch_max.max(1),
+            applying: AtomicUsize::new(0),
+            applied: Notify::new(),
+        }
+    }
 }
 
 /// Why a group is tried again.
@@ -99,22 +115,66 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// While another group is being applied, a writer starts a group only once it holds this many
+/// rows' worth of ops (events and outcomes); until then it keeps gathering. Most of
+/// PostgreSQL's cost of a group is per statement and per commit, so a few large groups cost
+/// far less than many small ones; large requests (batches) still get groups in parallel.
+const PARALLEL_GROUP_ROWS_MIN: usize = 64;
+
+/// What an op adds to a group: its events, or one outcome.
+fn rows(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Ingest { events, .. } => events.len().max(1),
+        WriteOp::RecordCall { .. } => 1,
+    }
+}
+
 /// Runs one writer task until the queue closes.
 pub(super) async fn run(store: PgStore, queue: Arc<Queue>) {
     loop {
         let ops = {
             let mut rx = queue.rx.lock().await;
             let Some(first) = rx.recv().await else { return };
+            let mut group_rows = rows(&first);
             let mut ops = vec![first];
-            while ops.len() < queue.batch_max {
-                match rx.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
+            loop {
+                while ops.len() < queue.batch_max {
+                    match rx.try_recv() {
+                        Ok(op) => {
+                            group_rows += rows(&op);
+                            ops.push(op);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let busy = queue.applying.load(Ordering::SeqCst) > 0;
+                if !busy || group_rows >= PARALLEL_GROUP_ROWS_MIN || ops.len() >= queue.batch_max {
+                    break;
+                }
+                // Registered before the check below, so a group ending meanwhile is not missed.
+                let applied = queue.applied.notified();
+                tokio::pin!(applied);
+                applied.as_mut().enable();
+                if queue.applying.load(Ordering::SeqCst) == 0 {
+                    continue;
+                }
+                tokio::select! {
+                    op = rx.recv() => match op {
+                        Some(op) => {
+                            group_rows += rows(&op);
+                            ops.push(op);
+                        }
+                        None => break,
+                    },
+                    () = &mut applied => {}
                 }
             }
+            queue.applying.fetch_add(1, Ordering::SeqCst);
             ops
         };
         store.apply(ops).await;
+        queue.applying.fetch_sub(1, Ordering::SeqCst);
+        queue.applied.notify_waiters();
     }
 }
 
@@ -479,10 +539,15 @@ impl Plan {
         node_id: &str,
     ) -> Result<(), Failure> {
         let prepared = |sql| async move { tx.prepare_cached(sql).await.map_err(failure) };
-        let (fire, insert_dispatches, notify, insert_events, insert_keys) = tokio::try_join!(
+        let (fire, insert_rows, notify, insert_keys) = tokio::try_join!(
             prepared("UPDATE webhooks SET fired = true WHERE id = ANY($1)"),
+            // Events, dispatches and their outbox rows in one statement.
             prepared(
-                "WITH d AS (
+                "WITH e AS (
+                    INSERT INTO events (id, user_id, created_ms, idempotency_key, record)
+                    SELECT * FROM unnest($13::text[], $14::text[], $15::int8[], $16::text[],
+                        $17::bytea[])),
+                 d AS (
                     INSERT INTO dispatches (id, user_id, webhook_id, created_ms, event_type,
                         status, request, state, next_due_ms, finished_ms, target, shard)
                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[],
@@ -494,10 +559,6 @@ impl Plan {
             ),
             prepared("SELECT pg_notify($1, $2)"),
             prepared(
-                "INSERT INTO events (id, user_id, created_ms, idempotency_key, record)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::bytea[])"
-            ),
-            prepared(
                 "INSERT INTO event_idem (user_id, key, event_id, answer)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
                  ON CONFLICT DO NOTHING"
@@ -508,7 +569,7 @@ impl Plan {
         let woken = listen::payload(node_id, &shards);
         type Params<'a> = [&'a (dyn ToSql + Sync)];
         let fire_params: &Params = &[&fired];
-        let dispatch_params: &Params = &[
+        let row_params: &Params = &[
             &self.d_id,
             &self.d_user,
             &self.d_webhook,
@@ -521,19 +582,21 @@ impl Plan {
             &self.d_finished,
             &self.d_target,
             &self.d_shard,
+            &self.e_id,
+            &self.e_user,
+            &self.e_created,
+            &self.e_key,
+            &self.e_record,
         ];
-        let event_params: &Params =
-            &[&self.e_id, &self.e_user, &self.e_created, &self.e_key, &self.e_record];
         let notify_params: &Params = &[&listen::CHANNEL, &woken];
         let key_params: &Params = &[&self.k_user, &self.k_key, &self.k_event, &self.k_answer];
         let run = |skip: bool, stmt, params| async move {
             if skip { Ok(0) } else { tx.execute(stmt, params).await.map_err(failure) }
         };
-        let (_, _, _, _, inserted) = tokio::try_join!(
+        let (_, _, _, inserted) = tokio::try_join!(
             run(fired.is_empty(), &fire, fire_params),
-            run(self.d_id.is_empty(), &insert_dispatches, dispatch_params),
+            run(self.e_id.is_empty() && self.d_id.is_empty(), &insert_rows, row_params),
             run(shards.is_empty(), &notify, notify_params),
-            run(self.e_id.is_empty(), &insert_events, event_params),
             run(self.k_key.is_empty(), &insert_keys, key_params),
         )?;
         if inserted != self.k_key.len() as u64 {
