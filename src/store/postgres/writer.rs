@@ -295,14 +295,17 @@ impl PgStore {
             }
             per_op[*i].push(answer);
         }
-        plan.write(&tx, &self.inner.node_id).await?;
         let mut tally = Tally {
             events: plan.e_id.len() as u64,
             created: plan.d_id.len() as u64,
             ended: [0; 2],
             work_shards: plan.work_shards(),
         };
-        let recorded = self.record_calls(&tx, ops, &mut tally).await?;
+        // New rows and outcomes touch different rows: both go out in one round trip.
+        let ((), recorded) = tokio::try_join!(
+            plan.write(&tx, &self.inner.node_id),
+            self.record_calls(&tx, ops, &mut tally)
+        )?;
         tx.commit().await.map_err(failure)?;
         let fired = plan
             .fired
