@@ -120,24 +120,27 @@ impl PgStore {
         Ok(answers)
     }
 
-    /// Writes the outcomes in one statement; returns those it did not write.
+    /// Writes the outcomes in one statement; returns those it did not write (their `old` taken).
     async fn write_outcomes<'a>(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         ops: &[WriteOp],
-        outcomes: Vec<Outcome<'a>>,
+        mut outcomes: Vec<Outcome<'a>>,
         tally: &mut Tally,
     ) -> Result<Vec<Outcome<'a>>, Failure> {
         if outcomes.is_empty() {
             return Ok(outcomes);
         }
         let mut u = Updates::default();
-        for o in &outcomes {
+        let mut shard_of_id = HashMap::with_capacity(outcomes.len());
+        for o in &mut outcomes {
             let WriteOp::RecordCall { call, decision, .. } = &ops[o.op] else { continue };
             let mut state = records::decode_dispatch_state(&o.old)?;
             state.record(call.clone(), *decision);
+            shard_of_id.insert(o.dispatch_id, o.shard);
             u.id.push(o.dispatch_id.to_string());
-            u.old.push(o.old.clone());
+            // Moved, not copied: an outcome not written is read again before a second try.
+            u.old.push(std::mem::take(&mut o.old));
             u.state.push(records::encode_dispatch_state(&state)?);
             u.status.push(i16::from(status_code(state.status)));
             u.due.push(state.next_due_ms.map(db_i64));
@@ -171,8 +174,8 @@ impl PgStore {
             if status != 0 {
                 ended += 1;
                 tally.ended[usize::from(status == 2)] += 1;
-            } else if let Some(o) = outcomes.iter().find(|o| o.dispatch_id == id) {
-                tally.work_shards.push(o.shard);
+            } else if let Some(shard) = shard_of_id.get(id) {
+                tally.work_shards.push(*shard);
             }
         }
         self.inner.outbox_removed.fetch_add(ended, Ordering::Relaxed);
