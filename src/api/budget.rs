@@ -66,6 +66,11 @@ impl Charge {
         }
     }
 
+    /// The bytes this charge holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The budget's size, for messages.
     pub fn budget_max(&self) -> usize {
         self.budget.max

@@ -67,6 +67,8 @@ impl From<StoreError> for ApiError {
                 "{e}; this write may or may not have been stored, so retry it (with its idempotencyKey) once hookd is back"
             )),
             StoreError::Storage(m) | StoreError::Corrupt(m) => ApiError::Internal(m),
+            // Answered by matching again (api/events.rs); reaching here is a bug.
+            e @ StoreError::StaleIndex => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -42,6 +42,7 @@ pub const SMALL_FIELD_BYTES_MAX: usize = 16 * 1024;
 const DEFAULT_PAYLOAD_OVERHEAD_BYTES: usize = 512;
 
 /// One validated event.
+#[derive(Clone)]
 pub struct Incoming {
     pub event_type: EventType,
     pub data: EventData,

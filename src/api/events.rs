@@ -24,7 +24,9 @@ use crate::config::User;
 use crate::model::{
     EventData, JOB_STATUSES, JobKind, Webhook, format_timestamp_ms, job_transition_events,
 };
-use crate::store::{EncodedEvent, EventAnswer, JobReport, NewEvent, StoreError};
+use crate::store::{
+    EncodedEvent, EventAnswer, Freshness, IndexStamp, JobReport, NewEvent, StoreError,
+};
 use crate::template::TemplateError;
 
 type Resp = Response<Full<Bytes>>;
@@ -44,11 +46,14 @@ async fn prepare(
     user: &User,
     events: Vec<Incoming>,
     charge: Charge,
-) -> Result<(Vec<EncodedEvent>, Charge), ApiError> {
+    freshness: Freshness,
+) -> Result<Prepared, ApiError> {
     let keys: Vec<_> = events.iter().map(|e| (e.event_type, e.data.clone())).collect();
     let limits = &state.limits;
     let max = limits.dispatches_per_request_max;
-    let Some(matches) = state.store.match_webhooks(&user.id, &keys, max).await? else {
+    let Some((matches, stamp)) =
+        state.store.match_webhooks(&user.id, &keys, max, freshness).await?
+    else {
         return Err(ApiError::Limit {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             kind: "request-too-large",
@@ -75,11 +80,21 @@ async fn prepare(
         rendered_bytes_max: limits.rendered_bytes_per_request_max,
         charge,
     };
-    if cost <= INLINE_RENDER_BYTES_MAX {
+    let (events, charge) = if cost <= INLINE_RENDER_BYTES_MAX {
         job.run()
     } else {
         state.render_pool.run(move || job.run()).await.map_err(ApiError::Internal)?
-    }
+    }?;
+    Ok(Prepared { events, charge, stamp })
+}
+
+/// A request's events ready for the writer.
+struct Prepared {
+    events: Vec<EncodedEvent>,
+    /// The rendered bytes, held until the request is answered.
+    charge: Charge,
+    /// The index version they were matched against, when the writer checks it.
+    stamp: Option<IndexStamp>,
 }
 
 /// A matched webhook with its templates (or why they do not parse).
@@ -212,8 +227,21 @@ pub async fn ingest(
         Ok((events, is_array))
     })
     .await?;
-    let (prepared, _rendered) = prepare(state, user, events, charge).await?;
-    let answers = state.store.ingest_encoded(prepared, None).await?;
+    // Where the write checks the match (PostgreSQL), a match made against an index that was
+    // behind is made again, after a check, from a copy of the events.
+    let again = state.store.checks_matches_at_write().then(|| events.clone());
+    let charged_bytes = charge.bytes();
+    let first = prepare(state, user, events, charge, Freshness::AtWrite).await?;
+    let (answers, _rendered) =
+        match (state.store.ingest_encoded(first.events, None, first.stamp).await, again) {
+            (Err(StoreError::StaleIndex), Some(events)) => {
+                let mut charge = first.charge;
+                charge.shrink(charge.bytes().saturating_sub(charged_bytes));
+                let p = prepare(state, user, events, charge, Freshness::Checked).await?;
+                (state.store.ingest_encoded(p.events, None, None).await?, p.charge)
+            }
+            (answers, _) => (answers?, first.charge),
+        };
     let data = if is_array {
         Value::Array(answers.iter().map(answer_json).collect())
     } else {
@@ -305,8 +333,8 @@ pub async fn put_job(
                 idempotency_key: None,
             })
             .collect();
-        let (prepared, _rendered) =
-            prepare(state, user, events, state.request_bytes.charge()).await?;
+        let charge = state.request_bytes.charge();
+        let prepared = prepare(state, user, events, charge, Freshness::Checked).await?;
         let report = JobReport {
             user_id: user.id.clone(),
             kind,
@@ -315,7 +343,7 @@ pub async fn put_job(
             status: status.clone(),
             object_json: object.text().to_string(),
         };
-        match state.store.ingest_encoded(prepared, Some(report)).await {
+        match state.store.ingest_encoded(prepared.events, Some(report), None).await {
             Ok(_) => {
                 let body = format!("{{\"data\":{}}}", object.text());
                 return Ok(json_text_response(StatusCode::OK, body));

@@ -45,4 +45,9 @@ pub enum StoreError {
     /// A record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The events were matched against a webhook index older than the store's (an
+    /// `IndexStamp` behind a committed webhook write); nothing was written: match again with
+    /// `Store::match_webhooks` and resubmit.
+    #[error("the webhooks changed since the events were matched")]
+    StaleIndex,
 }

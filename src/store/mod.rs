@@ -183,17 +183,19 @@ impl Store {
     }
 
     /// For each (event type, data), the user's webhooks it fires, oldest first; `None` past
-    /// `total_max` matches. From memory, after making sure the memory holds every webhook
-    /// write acknowledged before this call (on any node).
+    /// `total_max` matches. From memory, which holds every webhook write acknowledged before
+    /// this call (on any node): made sure of before matching with `Freshness::Checked`, or by
+    /// the write with `Freshness::AtWrite` (the stamp to pass to `ingest_encoded`).
     pub async fn match_webhooks(
         &self,
         user_id: &str,
         events: &[(EventType, EventData)],
         total_max: usize,
-    ) -> Result<Option<Vec<Vec<Arc<Webhook>>>>, StoreError> {
+        freshness: Freshness,
+    ) -> Result<Option<(Matches, Option<IndexStamp>)>, StoreError> {
         match &self.backend {
-            Backend::Redb(b) => Ok(b.match_webhooks(user_id, events, total_max)),
-            Backend::Postgres(b) => b.match_webhooks(user_id, events, total_max).await,
+            Backend::Redb(b) => Ok(b.match_webhooks(user_id, events, total_max).map(|m| (m, None))),
+            Backend::Postgres(b) => b.match_webhooks(user_id, events, total_max, freshness).await,
         }
     }
 
@@ -231,17 +233,21 @@ impl Store {
         job: Option<JobReport>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
         let encoded = events.into_iter().map(EncodedEvent::new).collect::<Result<_, _>>()?;
-        self.ingest_encoded(encoded, job).await
+        self.ingest_encoded(encoded, job, None).await
     }
 
     /// `ingest` of events encoded by the caller (`EncodedEvent::new`), which may do that on
-    /// a thread of its choosing.
+    /// a thread of its choosing, and matched with `stamp` (see `Freshness::AtWrite`).
     pub async fn ingest_encoded(
         &self,
         events: Vec<EncodedEvent>,
         job: Option<JobReport>,
+        stamp: Option<IndexStamp>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
-        on_backend!(self, b => b.ingest(events, job).await)
+        match &self.backend {
+            Backend::Redb(b) => b.ingest(events, job).await,
+            Backend::Postgres(b) => b.ingest(events, job, stamp).await,
+        }
     }
 
     /// The latest reported run or build object, as stored.
@@ -326,6 +332,12 @@ impl Store {
     /// Like [`Store::retention_tick`], and waits for the first chunk. `true`: more to do.
     pub async fn retain(&self, now_ms: u64) -> Result<bool, StoreError> {
         on_backend!(self, b => b.retain(now_ms).await)
+    }
+
+    /// Whether a match made with `Freshness::AtWrite` may be refused as `StaleIndex` (the
+    /// caller then keeps what it needs to match again).
+    pub fn checks_matches_at_write(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Which backend holds the data: `redb` or `postgres`.

@@ -81,6 +81,26 @@ pub struct NewEvent {
     pub dispatches: Vec<Dispatch>,
 }
 
+/// The version of a node's webhook index that events were matched against, without first
+/// making sure it is the newest (PostgreSQL, where that takes a round trip): the writer reads
+/// the store's version in the events' own transaction and refuses the write with
+/// `StoreError::StaleIndex` if a webhook write committed in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexStamp(pub(crate) i64);
+
+/// The webhooks each of a request's events fires.
+pub type Matches = Vec<Vec<Arc<Webhook>>>;
+
+/// How a match makes sure the webhook index holds every write acknowledged before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Before matching (on PostgreSQL, a read shared by the ingests waiting for one).
+    Checked,
+    /// In the events' write: the match returns an `IndexStamp` for `Store::ingest_encoded`,
+    /// which answers `StoreError::StaleIndex` when the index was behind.
+    AtWrite,
+}
+
 /// An event whose dispatch records are encoded already, the same bytes for every backend.
 /// Encoding takes time in proportion to the bodies (megabytes for a costly template), so the
 /// API encodes where it renders, off the async workers, and the writers only copy bytes.

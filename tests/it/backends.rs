@@ -14,8 +14,8 @@ use hookd::model::{
     Change, Condition, ConditionKind, EventData, EventType, Webhook, WebhookDraft, WebhookPatch,
 };
 use hookd::store::{
-    DispatchFilter, DispatchScope, EventAnswer, JobReport, NewEvent, PageRequest, Store,
-    StoreError, StoreLimits, WebhookScope,
+    DispatchFilter, DispatchScope, EncodedEvent, EventAnswer, Freshness, JobReport, NewEvent,
+    PageRequest, Store, StoreError, StoreLimits, WebhookScope,
 };
 
 use crate::support::postgres;
@@ -211,8 +211,11 @@ async fn signing_keys_rotate_with_an_overlap(store: Store) {
 
 async fn matched(store: &Store, user: &str, actor: &str) -> Vec<String> {
     let data = EventData { actor_id: actor.into(), ..EventData::default() };
-    let found = store.match_webhooks(user, &[(EventType::RunSucceeded, data)], 100).await;
-    found.unwrap().unwrap()[0].iter().map(|w: &Arc<Webhook>| w.id.clone()).collect()
+    let keys = [(EventType::RunSucceeded, data)];
+    let (found, stamp) =
+        store.match_webhooks(user, &keys, 100, Freshness::Checked).await.unwrap().unwrap();
+    assert_eq!(stamp, None, "a checked match needs no check at the write");
+    found[0].iter().map(|w: &Arc<Webhook>| w.id.clone()).collect()
 }
 
 async fn matching_follows_creates_updates_and_deletes(store: Store) {
@@ -295,6 +298,47 @@ fn postgres_nodes_share_webhooks_and_races_are_resolved_by_the_database() {
         }
         assert_eq!(made, 5, "the limit holds across nodes");
         assert_eq!(ids_total(&a, "carol").await, 5);
+    });
+}
+
+/// Events matched without a check first (`Freshness::AtWrite`) against an index that misses
+/// a webhook write another node acknowledged are refused by their write, which stores
+/// nothing; matched again after a check, they fire that webhook.
+#[test]
+fn postgres_a_match_behind_an_acknowledged_webhook_write_is_refused_by_the_write() {
+    let Some(url) = postgres::fresh_database("postgres_stale_match") else { return };
+    runtime().block_on(async {
+        let (a, _wa) = Store::open_postgres(&url, 4, 15_000, limits()).await.unwrap();
+        let (b, _wb) = Store::open_postgres(&url, 4, 15_000, limits()).await.unwrap();
+        let keys =
+            [(EventType::RunSucceeded, EventData { actor_id: "x".into(), ..EventData::default() })];
+        let at_write = |s: Store| {
+            let keys = keys.clone();
+            async move {
+                s.match_webhooks(ALICE, &keys, 100, Freshness::AtWrite).await.unwrap().unwrap()
+            }
+        };
+        // B's index is current: its stamp passes.
+        let (found, stamp) = at_write(b.clone()).await;
+        assert!(found[0].is_empty() && stamp.is_some());
+        let e = EncodedEvent::new(event(ALICE, 5, None, &[])).unwrap();
+        assert_eq!(b.ingest_encoded(vec![e], None, stamp).await.unwrap().len(), 1);
+
+        // A webhook B has not heard of, matched on B with the stamp taken before it.
+        let (found, stale) = at_write(b.clone()).await;
+        assert!(found[0].is_empty());
+        let w = a.create_webhook(webhook(ALICE, 1, draft("x", None)), 10).await.unwrap().webhook;
+        let e = EncodedEvent::new(event(ALICE, 20, Some("k"), &[])).unwrap();
+        let refused = b.ingest_encoded(vec![e], None, stale).await;
+        assert!(matches!(refused, Err(StoreError::StaleIndex)), "{refused:?}");
+
+        // Matched again after a check, the event fires it: its key was not stored with the
+        // refused write (a stored key would answer that write's empty answer again).
+        assert_eq!(matched(&b, ALICE, "x").await, vec![w.id.clone()]);
+        let e = EncodedEvent::new(event(ALICE, 30, Some("k"), &[(&w, EventType::RunSucceeded)]));
+        let answers = b.ingest_encoded(vec![e.unwrap()], None, None).await.unwrap();
+        assert_eq!(answers[0].dispatch_ids.len(), 1);
+        assert_eq!(b.all_dispatches().await.unwrap().len(), 1);
     });
 }
 

@@ -102,6 +102,34 @@ fn wait_for_the_split(url: &str) {
     });
 }
 
+/// A webhook created, disabled or deleted through one node is matched that way by every
+/// event the other node acknowledges after it, with no wait: the other node matches from its
+/// memory and its write refuses a match made against an index behind the database's.
+#[test]
+fn an_acknowledged_webhook_write_is_matched_at_once_by_the_other_node() {
+    let Some(config) = on_postgres("match_at_once", CONFIG) else { return };
+    let a = TestDaemon::start(&config);
+    let b = TestDaemon::start(&config);
+    let rx = Receiver::start(0, |_, _| Reply::Status(200));
+    let dispatches = |node: &TestDaemon, actor: &str| {
+        let answer =
+            node.post_events(ALICE_TOKEN, &run_event("ACTOR.RUN.SUCCEEDED", actor, None, "r"));
+        answer["dispatchIds"].as_array().expect("dispatchIds").len()
+    };
+    for i in 0..20 {
+        let actor = format!("at-once-{i}");
+        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        // The reader's index is current before the write, as in a busy node.
+        assert_eq!(dispatches(reader, &actor), 0);
+        let id = writer.create_webhook(ALICE_TOKEN, &webhook_body(&actor, &rx.url("/hook")));
+        assert_eq!(dispatches(reader, &actor), 1, "created through the other node (round {i})");
+        let off = json!({"isEnabled": false});
+        let r = writer.req("PUT", &format!("/v2/webhooks/{id}"), Some(ALICE_TOKEN), Some(&off));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(dispatches(reader, &actor), 0, "disabled through the other node (round {i})");
+    }
+}
+
 /// An event acknowledged by one node for a target whose shard the other node holds is
 /// delivered at once (the other node is told), not on that node's next idle look at the
 /// outbox (once a second).

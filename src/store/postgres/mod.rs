@@ -30,9 +30,12 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::index::{IndexChange, MatchIndex};
-use super::{EncodedEvent, EventAnswer, Fatal, JobReport, StoreError, StoreLimits, records};
+use super::{
+    EncodedEvent, EventAnswer, Fatal, Freshness, IndexStamp, JobReport, Matches, StoreError,
+    StoreLimits, records,
+};
 use crate::metrics::Metrics;
-use crate::model::{EventData, EventType, Webhook};
+use crate::model::{EventData, EventType};
 
 /// A PostgreSQL error as the store's (fail-stop is the caller's choice: a node survives a
 /// database restart by reconnecting).
@@ -206,9 +209,10 @@ impl PgStore {
         &self,
         events: Vec<EncodedEvent>,
         job: Option<JobReport>,
+        stamp: Option<IndexStamp>,
     ) -> Result<Vec<EventAnswer>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.write(writer::WriteOp::Ingest { events, job, reply })?;
+        self.write(writer::WriteOp::Ingest { events, job, stamp, reply })?;
         answer.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
@@ -301,16 +305,25 @@ impl PgStore {
         self.reload_index().await
     }
 
-    /// Matches from memory once the index holds every webhook write committed before this
-    /// call (`fresh_index`).
+    /// Matches from memory: once the index holds every webhook write committed before this
+    /// call (`fresh_index`), or at once with the index's version for the writer to check.
     pub async fn match_webhooks(
         &self,
         user_id: &str,
         events: &[(EventType, EventData)],
         total_max: usize,
-    ) -> Result<Option<Vec<Vec<Arc<Webhook>>>>, StoreError> {
-        self.fresh_index().await?;
-        Ok(self.inner.index.matches(user_id, events, total_max))
+        freshness: Freshness,
+    ) -> Result<Option<(Matches, Option<IndexStamp>)>, StoreError> {
+        let stamp = match freshness {
+            Freshness::Checked => {
+                self.fresh_index().await?;
+                None
+            }
+            // Read before matching: the index is replaced before its version is, so the
+            // stamp is never newer than the index matched (at worst older: a needless retry).
+            Freshness::AtWrite => Some(IndexStamp(self.inner.index_changes.load(Ordering::SeqCst))),
+        };
+        Ok(self.inner.index.matches(user_id, events, total_max).map(|m| (m, stamp)))
     }
 
     /// Makes sure the index is at least as new as the change count read after this call

@@ -17,7 +17,7 @@ use crate::metrics::StatusLabels;
 use crate::model::{Call, Decision};
 use crate::store::codes::{event_code, job_code, status_code};
 use crate::store::index::IndexChange;
-use crate::store::{EncodedEvent, EventAnswer, JobReport, StoreError, records};
+use crate::store::{EncodedEvent, EventAnswer, IndexStamp, JobReport, StoreError, records};
 
 /// Attempts at one group before its ops are answered with the error.
 const ATTEMPTS_MAX: usize = 4;
@@ -28,15 +28,12 @@ pub(super) enum WriteOp {
     Ingest {
         events: Vec<EncodedEvent>,
         job: Option<JobReport>,
+        /// The index version the events were matched against, checked in their transaction.
+        stamp: Option<IndexStamp>,
         reply: Reply<Vec<EventAnswer>>,
     },
     /// A call's outcome, fenced by the lease its dispatch was taken under.
-    RecordCall {
-        dispatch_id: String,
-        call: Call,
-        decision: Decision,
-        reply: Reply<()>,
-    },
+    RecordCall { dispatch_id: String, call: Call, decision: Decision, reply: Reply<()> },
 }
 
 /// One op's answer, sent once the group's commit is known.
@@ -231,40 +228,30 @@ impl PgStore {
         let tx = client.transaction().await.map_err(failure)?;
         let mut answers: Vec<Option<Result<Vec<EventAnswer>, StoreError>>> =
             (0..ops.len()).map(|_| None).collect();
-        // A job report stores only if the job's status is still the one it was made from.
+        let matched: Vec<(usize, &EncodedEvent)> = ops
+            .iter()
+            .enumerate()
+            .flat_map(|(i, op)| match op {
+                WriteOp::Ingest { events, .. } => events.iter().map(move |e| (i, e)).collect(),
+                WriteOp::RecordCall { .. } => Vec::new(),
+            })
+            .collect();
+        let (replayed, checks, index_version) = tokio::try_join!(
+            stored_answers(&tx, &matched),
+            webhook_checks(&tx, &matched),
+            index_version(&tx, ops)
+        )?;
+        // Events matched against an index behind a committed webhook write are matched again
+        // by their callers: those writes were acknowledged before this read, maybe before the
+        // events arrived, so the events must see them.
         for (i, op) in ops.iter().enumerate() {
-            let WriteOp::Ingest { job: Some(job), .. } = op else { continue };
-            let kind = i16::from(job_code(job.kind));
-            let applied = match &job.expected_status {
-                Some(expected) => tx
-                    .execute(
-                        &tx.prepare_cached(
-                            "UPDATE jobs SET status = $4, object = $5
-                         WHERE user_id = $1 AND kind = $2 AND id = $3 AND status = $6",
-                        )
-                        .await
-                        .map_err(failure)?,
-                        &[&job.user_id, &kind, &job.id, &job.status, &job.object_json, expected],
-                    )
-                    .await
-                    .map_err(failure)?,
-                None => tx
-                    .execute(
-                        &tx.prepare_cached(
-                            "INSERT INTO jobs (user_id, kind, id, status, object)
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                        )
-                        .await
-                        .map_err(failure)?,
-                        &[&job.user_id, &kind, &job.id, &job.status, &job.object_json],
-                    )
-                    .await
-                    .map_err(failure)?,
-            };
-            if applied == 0 {
-                answers[i] = Some(Err(StoreError::Conflict));
+            if let WriteOp::Ingest { stamp: Some(stamp), .. } = op
+                && Some(stamp.0) != index_version
+            {
+                answers[i] = Some(Err(StoreError::StaleIndex));
             }
         }
+        apply_job_reports(&tx, ops, &mut answers).await?;
         let events: Vec<(usize, &EncodedEvent)> = ops
             .iter()
             .enumerate()
@@ -274,8 +261,6 @@ impl PgStore {
                 WriteOp::RecordCall { .. } => Vec::new(),
             })
             .collect();
-        let (replayed, checks) =
-            tokio::try_join!(stored_answers(&tx, &events), webhook_checks(&tx, &events))?;
         let mut plan = Plan::default();
         let mut firsts: HashMap<(&str, &str), EventAnswer> = HashMap::new();
         let mut per_op: Vec<Vec<EventAnswer>> = vec![Vec::new(); ops.len()];
@@ -348,6 +333,65 @@ impl Tally {
         m.group_commit_ops.observe(ops as f64);
         m.group_commit_seconds.observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// Applies the job reports of the ops not answered yet. A job report stores only if the job's
+/// status is still the one it was made from (else its op is answered `Conflict`).
+async fn apply_job_reports(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ops: &[WriteOp],
+    answers: &mut [Option<Result<Vec<EventAnswer>, StoreError>>],
+) -> Result<(), Failure> {
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Ingest { job: Some(job), .. } = op else { continue };
+        if answers[i].is_some() {
+            continue;
+        }
+        let kind = i16::from(job_code(job.kind));
+        let applied = match &job.expected_status {
+            Some(expected) => tx
+                .execute(
+                    &tx.prepare_cached(
+                        "UPDATE jobs SET status = $4, object = $5
+                         WHERE user_id = $1 AND kind = $2 AND id = $3 AND status = $6",
+                    )
+                    .await
+                    .map_err(failure)?,
+                    &[&job.user_id, &kind, &job.id, &job.status, &job.object_json, expected],
+                )
+                .await
+                .map_err(failure)?,
+            None => tx
+                .execute(
+                    &tx.prepare_cached(
+                        "INSERT INTO jobs (user_id, kind, id, status, object)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    )
+                    .await
+                    .map_err(failure)?,
+                    &[&job.user_id, &kind, &job.id, &job.status, &job.object_json],
+                )
+                .await
+                .map_err(failure)?,
+        };
+        if applied == 0 {
+            answers[i] = Some(Err(StoreError::Conflict));
+        }
+    }
+    Ok(())
+}
+
+/// The store's webhook index version (`hookd_meta.changes`), read when some op carries a stamp.
+async fn index_version(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ops: &[WriteOp],
+) -> Result<Option<i64>, Failure> {
+    if !ops.iter().any(|op| matches!(op, WriteOp::Ingest { stamp: Some(_), .. })) {
+        return Ok(None);
+    }
+    let sql = "SELECT value FROM hookd_meta WHERE name = 'changes'";
+    let row = tx.query_one(&tx.prepare_cached(sql).await.map_err(failure)?, &[]).await;
+    Ok(Some(row.map_err(failure)?.get(0)))
 }
 
 /// The first answers of the keyed events whose keys are already stored.
