@@ -37,6 +37,10 @@ use super::{
 use crate::metrics::Metrics;
 use crate::model::{EventData, EventType};
 
+/// The count of webhook writes ever committed: the version of the webhooks a match index
+/// reflects.
+const CHANGES: &str = "SELECT value FROM hookd_meta WHERE name = 'changes'";
+
 /// A PostgreSQL error as the store's (fail-stop is the caller's choice: a node survives a
 /// database restart by reconnecting).
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
@@ -265,11 +269,7 @@ impl PgStore {
             .start()
             .await
             .map_err(pg_error)?;
-        let changes: i64 = tx
-            .query_one("SELECT value FROM hookd_meta WHERE name = 'changes'", &[])
-            .await
-            .map_err(pg_error)?
-            .get(0);
+        let changes: i64 = tx.query_one(CHANGES, &[]).await.map_err(pg_error)?.get(0);
         let rows = tx
             .query(
                 "SELECT record FROM webhooks WHERE is_enabled AND NOT (is_ad_hoc AND fired)",
@@ -340,13 +340,7 @@ impl PgStore {
         let mine = inner.checks_started.fetch_add(1, Ordering::SeqCst) + 1;
         let client = self.client().await?;
         let changes: i64 = client
-            .query_one(
-                &client
-                    .prepare_cached("SELECT value FROM hookd_meta WHERE name = 'changes'")
-                    .await
-                    .map_err(pg_error)?,
-                &[],
-            )
+            .query_one(&client.prepare_cached(CHANGES).await.map_err(pg_error)?, &[])
             .await
             .map_err(pg_error)?
             .get(0);

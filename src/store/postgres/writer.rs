@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::{PgStore, db_i64, listen, pg_error, shard_of};
+use super::{CHANGES, PgStore, db_i64, listen, pg_error, shard_of};
 use crate::metrics::StatusLabels;
 use crate::model::{Call, Decision};
 use crate::store::codes::{event_code, job_code, status_code};
@@ -252,15 +252,8 @@ impl PgStore {
             }
         }
         apply_job_reports(&tx, ops, &mut answers).await?;
-        let events: Vec<(usize, &EncodedEvent)> = ops
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| answers[*i].is_none())
-            .flat_map(|(i, op)| match op {
-                WriteOp::Ingest { events, .. } => events.iter().map(move |e| (i, e)).collect(),
-                WriteOp::RecordCall { .. } => Vec::new(),
-            })
-            .collect();
+        let events: Vec<(usize, &EncodedEvent)> =
+            matched.into_iter().filter(|(i, _)| answers[*i].is_none()).collect();
         let mut plan = Plan::default();
         let mut firsts: HashMap<(&str, &str), EventAnswer> = HashMap::new();
         let mut per_op: Vec<Vec<EventAnswer>> = vec![Vec::new(); ops.len()];
@@ -389,8 +382,7 @@ async fn index_version(
     if !ops.iter().any(|op| matches!(op, WriteOp::Ingest { stamp: Some(_), .. })) {
         return Ok(None);
     }
-    let sql = "SELECT value FROM hookd_meta WHERE name = 'changes'";
-    let row = tx.query_one(&tx.prepare_cached(sql).await.map_err(failure)?, &[]).await;
+    let row = tx.query_one(&tx.prepare_cached(CHANGES).await.map_err(failure)?, &[]).await;
     Ok(Some(row.map_err(failure)?.get(0)))
 }
 
